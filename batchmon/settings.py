@@ -1,0 +1,178 @@
+"""batchmon settings. Every value comes from the environment through batchmon.env."""
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from batchmon.env import (
+    bad,
+    env_bool,
+    env_cron,
+    env_float,
+    env_int,
+    env_list,
+    env_rate,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("BATCHMON_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key():
+    """DJANGO_SECRET_KEY, or for zero-setup runs a random key kept in var/ (never in the code)."""
+    key = env_str("DJANGO_SECRET_KEY")
+    if key:
+        if len(key) < 32:
+            raise bad("DJANGO_SECRET_KEY", "***", "must be at least 32 characters")
+        return key
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_q",
+    "batchmon",
+    "jobs",
+    "metrics",
+    "alerts",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "batchmon.urls"
+WSGI_APPLICATION = "batchmon.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_url(
+    "DATABASE_URL",
+    f"sqlite:///{VAR_DIR / 'batchmon.sqlite3'}",
+    ("sqlite", "postgres", "postgresql", "pgsql"),
+)
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # WAL lets the web server read while a worker writes; IMMEDIATE takes the
+    # write lock at BEGIN so concurrent writers queue instead of deadlocking.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("BATCHMON_LOG_LEVEL", "INFO")},
+    "loggers": {"httpx2": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+}
+
+# --- The provider (OpenAI or any compatible Batch API; the sandbox by default) ---
+OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", "http://127.0.0.1:8787/v1", ("http", "https"))
+OPENAI_API_KEY = env_str("OPENAI_API_KEY", "sandbox")
+OPENAI_TIMEOUT_SECONDS = env_float("OPENAI_TIMEOUT_SECONDS", 60.0, minimum=0.1)
+
+# --- Batch processing (seed 000's settings and defaults) ---
+BATCH_PROCESSING_ENABLED = env_bool("BATCH_PROCESSING_ENABLED", True)
+BATCH_CREATE_INTERVAL = env_cron("BATCH_CREATE_INTERVAL", "*/5 * * * *")
+BATCH_STATUS_CHECK_INTERVAL = env_cron("BATCH_STATUS_CHECK_INTERVAL", "*/2 * * * *")
+BATCH_RESULT_PROCESSING_INTERVAL = env_cron("BATCH_RESULT_PROCESSING_INTERVAL", "*/1 * * * *")
+BATCH_MAX_REQUESTS = env_int("BATCH_MAX_REQUESTS", 1000, minimum=1, maximum=50_000)
+BATCH_TIMEOUT_HOURS = env_int("BATCH_TIMEOUT_HOURS", 24, minimum=1)
+BATCH_MIN_SIZE = env_int("BATCH_MIN_SIZE", 10, minimum=1)
+BATCH_MONITORING_RETENTION_DAYS = env_int("BATCH_MONITORING_RETENTION_DAYS", 30, minimum=1)
+BATCH_ALERT_THRESHOLD_ERROR_RATE = env_float("BATCH_ALERT_THRESHOLD_ERROR_RATE", 10.0, 0, 100)
+BATCH_ALERT_THRESHOLD_PROCESSING_TIME = env_int("BATCH_ALERT_THRESHOLD_PROCESSING_TIME", 3600, minimum=1)
+# batchmon's own additions
+BATCH_MAX_WAIT_MINUTES = env_int("BATCH_MAX_WAIT_MINUTES", 30, minimum=0)
+BATCH_MAX_FILE_BYTES = env_int("BATCH_MAX_FILE_BYTES", 200 * 1024 * 1024, minimum=1024, maximum=200 * 1024 * 1024)
+BATCH_DEFAULT_MAX_ATTEMPTS = env_int("BATCH_DEFAULT_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
+BATCH_COMPLETION_WINDOW = env_str("BATCH_COMPLETION_WINDOW", "24h")
+if BATCH_MIN_SIZE > BATCH_MAX_REQUESTS:
+    raise bad("BATCH_MIN_SIZE", str(BATCH_MIN_SIZE), f"must not exceed BATCH_MAX_REQUESTS ({BATCH_MAX_REQUESTS})")
+if BATCH_COMPLETION_WINDOW != "24h":
+    raise bad("BATCH_COMPLETION_WINDOW", BATCH_COMPLETION_WINDOW, "the Batch API only offers '24h'")
+
+# --- Task queue: django-q2, Redis broker when REDIS_URL is set, else the database ---
+REDIS_URL = env_url("REDIS_URL", "", ("redis", "rediss"))
+Q_CLUSTER = {
+    "name": "batchmon",
+    "workers": env_int("Q_WORKERS", 2, minimum=1),
+    "timeout": 900,
+    "retry": 1200,  # django-q2 requires retry > timeout
+    "max_attempts": 1,
+    "catch_up": False,
+    "ack_failures": True,
+    "save_limit": 500,
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- API ---
+ADMIN_API_THROTTLE_RATE = env_rate("ADMIN_API_THROTTLE_RATE", "60/min")
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_THROTTLE_RATES": {"admin": ADMIN_API_THROTTLE_RATE},
+}

@@ -1,0 +1,27 @@
+"""The three lifecycle tasks as django-q2 cron schedules, kept in step with the settings."""
+
+from django.conf import settings
+
+SCHEDULES = {
+    "batchmon: create batches": ("jobs.tasks.create_batches", "BATCH_CREATE_INTERVAL"),
+    "batchmon: check batches": ("jobs.tasks.check_batches", "BATCH_STATUS_CHECK_INTERVAL"),
+    "batchmon: process results": ("jobs.tasks.process_results", "BATCH_RESULT_PROCESSING_INTERVAL"),
+}
+
+
+def sync_schedules():
+    """Create or update each schedule from its cron setting; drop them when processing is disabled."""
+    from django_q.models import Schedule
+
+    if not settings.BATCH_PROCESSING_ENABLED:
+        Schedule.objects.filter(name__in=SCHEDULES).delete()
+        return
+    for name, (func, setting) in SCHEDULES.items():
+        Schedule.objects.update_or_create(
+            name=name,
+            defaults={"func": func, "schedule_type": Schedule.CRON, "cron": getattr(settings, setting), "repeats": -1},
+        )
+
+
+def sync_schedules_after_migrate(**kwargs):
+    sync_schedules()
