@@ -61,6 +61,7 @@ RELEASE_CODES = {
     BatchJob.Status.CANCELLED: ("batch_cancelled", "The batch was cancelled before this request ran."),
     BatchJob.Status.FAILED: ("batch_failed", "The provider failed the batch as a whole."),
 }
+TIMEOUT_MESSAGE = "The batch ran past BATCH_TIMEOUT_HOURS and was cancelled."
 
 
 def _ts(value):
@@ -454,6 +455,7 @@ def apply_result_lines(job, raw_lines, now, prices):
     if not parsed:
         return
     max_attempts = job.job_type.max_attempts
+    cancelled_by = job.cancel_reason if job.status == BatchJob.Status.CANCELLED else ""
     with transaction.atomic():
         locked = BatchJob.objects.select_for_update().get(pk=job.pk)
         open_rows = (
@@ -464,6 +466,7 @@ def apply_result_lines(job, raw_lines, now, prices):
         succeeded = _Writer(SUCCESS_FIELDS)
         failed = _Writer(FAILURE_FIELDS)
         requeued = _Writer(REQUEUE_FIELDS)
+        cancelled = _Writer(FAILURE_FIELDS)
         totals = {"input": 0, "cached": 0, "output": 0, "batch": Decimal(0), "standard": Decimal(0)}
         summary = dict(locked.error_summary)
         finished = job.finished_at
@@ -481,17 +484,23 @@ def apply_result_lines(job, raw_lines, now, prices):
                 totals["batch"] += batch_cost
                 totals["standard"] += standard
                 continue
+            if code == "batch_cancelled" and cancelled_by == "user":  # not an error: staff asked for it
+                cancelled.add(pk, job.pk, AIRequest.Status.CANCELLED, status_code, body, code, "Cancelled by staff.", finished, now)
+                continue
+            if code == "batch_cancelled" and cancelled_by == "timeout":
+                code, message = "batch_timeout", TIMEOUT_MESSAGE
             summary[code] = summary.get(code, 0) + 1
             if is_retryable(code, status_code) and attempts < max_attempts:
                 requeued.add(pk, job.pk, AIRequest.Status.QUEUED, None, status_code, body, code, message)
             else:
                 failed.add(pk, job.pk, AIRequest.Status.FAILED, status_code, body, code, message, finished, now)
-        for writer in (succeeded, failed, requeued):
+        for writer in (succeeded, failed, requeued, cancelled):
             writer.flush()
         BatchJob.objects.filter(pk=job.pk).update(
             succeeded_count=F("succeeded_count") + len(succeeded.rows),
             failed_count=F("failed_count") + len(failed.rows),
             requeued_count=F("requeued_count") + len(requeued.rows),
+            cancelled_count=F("cancelled_count") + len(cancelled.rows),
             input_tokens=F("input_tokens") + totals["input"],
             cached_tokens=F("cached_tokens") + totals["cached"],
             output_tokens=F("output_tokens") + totals["output"],
@@ -514,7 +523,7 @@ def release_unanswered(job, now):
     """Give every request of an ended job that got no line its next state, then mark the job applied."""
     code, message = RELEASE_CODES[job.status]
     if job.status == BatchJob.Status.CANCELLED and job.cancel_reason == "timeout":
-        code, message = "batch_timeout", f"The batch ran past BATCH_TIMEOUT_HOURS ({settings.BATCH_TIMEOUT_HOURS}h) and was cancelled."
+        code, message = "batch_timeout", TIMEOUT_MESSAGE
     with transaction.atomic():
         locked = BatchJob.objects.select_for_update().get(pk=job.pk)
         if locked.results_applied_at:
