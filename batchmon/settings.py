@@ -100,6 +100,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
+    # Tests use a file too: an in-memory database's shared cache locks whole tables instead of
+    # queueing writers, so it cannot show how concurrent workers really behave.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_batchmon.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
