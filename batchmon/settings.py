@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_q",
     "batchmon",
     "jobs",
@@ -171,11 +173,33 @@ else:
 
 # --- API ---
 ADMIN_API_THROTTLE_RATE = env_rate("ADMIN_API_THROTTLE_RATE", "60/min")
+CONSUMER_API_THROTTLE_RATE = env_rate("CONSUMER_API_THROTTLE_RATE", "600/min")
+API_MAX_SUBMISSION_BYTES = env_int("API_MAX_SUBMISSION_BYTES", 50 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_SUBMISSION_BYTES
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
-    "DEFAULT_THROTTLE_RATES": {"admin": ADMIN_API_THROTTLE_RATE},
+    "DEFAULT_PERMISSION_CLASSES": ["batchmon.api.IsStaff"],
+    "DEFAULT_THROTTLE_RATES": {"admin": ADMIN_API_THROTTLE_RATE, "consumer": CONSUMER_API_THROTTLE_RATE},
+    "EXCEPTION_HANDLER": "batchmon.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "batchmon API",
+    "DESCRIPTION": "Monitoring, control and submission API of batchmon (LLM work through provider Batch APIs).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Throttle counts must be shared by every web process: Redis when there is one.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "batchmon"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -12,6 +12,7 @@ from django.db.models import Q
 
 from batchmon.models import AuditEvent
 from jobs.models import RETRYABLE_ERROR_CODES, AIRequest, BatchJob, BatchTransition, JobType
+from jobs import lifecycle
 from jobs.providers.openai_batch import ProviderFault
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def retry_batch_job(job, actor, now, ip=None):
             provider_finished_at=None,
             submitted_at=None,
         )
+        lifecycle.record_consumer_counts(retry)
         BatchTransition.objects.create(
             job=retry, from_status="", to_status=BatchJob.Status.PENDING, at=now, reason=f"retry of job {job.pk}: {moved} requests", actor=actor
         )
@@ -87,8 +89,6 @@ def cancel_batch_job(job, actor, now, ip=None):
 
 def _cancel_now(job_pk, now):
     """Carry out a cancel request at once, rather than waiting for the next scheduled pass."""
-    from jobs import lifecycle
-
     job = BatchJob.objects.get(pk=job_pk)
     if not lifecycle.claim_job(job, now):
         return

@@ -16,6 +16,7 @@ crash between two steps is repaired by running the steps again:
 """
 
 import itertools
+from collections import defaultdict
 import json
 import logging
 import tempfile
@@ -24,10 +25,10 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Min, Q
+from django.db.models import Count, F, Min, Q
 from django.utils import timezone as djtz
 
-from jobs.models import RETRYABLE_ERROR_CODES, AIRequest, BatchJob, BatchTransition, JobType, ModelPrice
+from jobs.models import RETRYABLE_ERROR_CODES, AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobType, ModelPrice
 from jobs.providers.openai_batch import ProviderFault, get_provider
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def _pack_one(job_type, model, now):
             job.delete()
             return False
         BatchJob.objects.filter(pk=job.pk).update(request_count=claimed)
+        record_consumer_counts(job)
         BatchTransition.objects.create(job=job, from_status="", to_status=BatchJob.Status.PENDING, at=now, reason=f"packed {claimed} requests")
     return True
 
@@ -445,6 +447,34 @@ FAILURE_FIELDS = ("status", "response_status", "response_body", "error_code", "e
 REQUEUE_FIELDS = ("status", "batch", "response_status", "response_body", "error_code", "error_message")
 
 
+def add_to_counters(job_id, deltas, **job_fields):
+    """Move a job's counters and its per-consumer rows by the same deltas, in the caller's transaction.
+
+    `deltas` maps consumer id → {counter field: amount}; the job gets the sums.
+    """
+    totals = defaultdict(int)
+    for consumer_id, changes in deltas.items():
+        # through the field: exact dollars become their stored whole units before the SQL addition
+        changes = {name: BatchJob._meta.get_field(name).get_prep_value(amount) for name, amount in changes.items() if amount}
+        if changes:
+            BatchJobConsumer.objects.filter(job_id=job_id, consumer_id=consumer_id).update(
+                **{name: F(name) + amount for name, amount in changes.items()}
+            )
+        for name, amount in changes.items():
+            totals[name] += amount
+    BatchJob.objects.filter(pk=job_id).update(**{name: F(name) + amount for name, amount in totals.items()}, **job_fields)
+
+
+def record_consumer_counts(job):
+    """One counter row per consumer with requests in a freshly packed job."""
+    rows = job.requests.values("consumer").annotate(n=Count("id")).values_list("consumer", "n")
+    BatchJobConsumer.objects.bulk_create([BatchJobConsumer(job=job, consumer_id=c, request_count=n) for c, n in rows])
+
+
+def _per_consumer(queryset):
+    return dict(queryset.values("consumer").annotate(n=Count("id")).values_list("consumer", "n"))
+
+
 def apply_result_lines(job, raw_lines, now, prices):
     """Apply one chunk of result lines atomically; lines for requests already applied are skipped."""
     parsed = {}
@@ -461,53 +491,47 @@ def apply_result_lines(job, raw_lines, now, prices):
         open_rows = (
             AIRequest.objects.select_for_update()
             .filter(batch=job, status=AIRequest.Status.BATCHED, pk__in=list(parsed))
-            .values_list("pk", "price_id", "attempts")
+            .values_list("pk", "consumer_id", "price_id", "attempts")
         )
         succeeded = _Writer(SUCCESS_FIELDS)
         failed = _Writer(FAILURE_FIELDS)
         requeued = _Writer(REQUEUE_FIELDS)
         cancelled = _Writer(FAILURE_FIELDS)
-        totals = {"input": 0, "cached": 0, "output": 0, "batch": Decimal(0), "standard": Decimal(0)}
+        deltas = defaultdict(lambda: defaultdict(int))
         summary = dict(locked.error_summary)
         finished = job.finished_at
-        for pk, price_id, attempts in open_rows:
+        for pk, consumer_id, price_id, attempts in open_rows:
             _, status_code, body, code, message = parsed[pk]
+            delta = deltas[consumer_id]
             if not code:
                 price = prices.get(price_id) or prices.setdefault(price_id, ModelPrice.objects.get(pk=price_id))
                 input_tokens, cached, output = _usage(body)
                 standard = price.standard_cost(input_tokens, cached, output)
                 batch_cost = price.batch_cost(standard)
                 succeeded.add(pk, job.pk, AIRequest.Status.SUCCEEDED, status_code, body, input_tokens, cached, output, batch_cost, standard, finished, now)
-                totals["input"] += input_tokens
-                totals["cached"] += cached
-                totals["output"] += output
-                totals["batch"] += batch_cost
-                totals["standard"] += standard
+                delta["succeeded_count"] += 1
+                delta["input_tokens"] += input_tokens
+                delta["cached_tokens"] += cached
+                delta["output_tokens"] += output
+                delta["cost_batch"] += batch_cost
+                delta["cost_standard"] += standard
                 continue
             if code == "batch_cancelled" and cancelled_by == "user":  # not an error: staff asked for it
                 cancelled.add(pk, job.pk, AIRequest.Status.CANCELLED, status_code, body, code, "Cancelled by staff.", finished, now)
+                delta["cancelled_count"] += 1
                 continue
             if code == "batch_cancelled" and cancelled_by == "timeout":
                 code, message = "batch_timeout", TIMEOUT_MESSAGE
             summary[code] = summary.get(code, 0) + 1
             if is_retryable(code, status_code) and attempts < max_attempts:
                 requeued.add(pk, job.pk, AIRequest.Status.QUEUED, None, status_code, body, code, message)
+                delta["requeued_count"] += 1
             else:
                 failed.add(pk, job.pk, AIRequest.Status.FAILED, status_code, body, code, message, finished, now)
+                delta["failed_count"] += 1
         for writer in (succeeded, failed, requeued, cancelled):
             writer.flush()
-        BatchJob.objects.filter(pk=job.pk).update(
-            succeeded_count=F("succeeded_count") + len(succeeded.rows),
-            failed_count=F("failed_count") + len(failed.rows),
-            requeued_count=F("requeued_count") + len(requeued.rows),
-            cancelled_count=F("cancelled_count") + len(cancelled.rows),
-            input_tokens=F("input_tokens") + totals["input"],
-            cached_tokens=F("cached_tokens") + totals["cached"],
-            output_tokens=F("output_tokens") + totals["output"],
-            cost_batch=F("cost_batch") + totals["batch"],
-            cost_standard=F("cost_standard") + totals["standard"],
-            error_summary=summary,
-        )
+        add_to_counters(job.pk, deltas, error_summary=summary)
 
 
 def _failed_lines(job):
@@ -530,8 +554,15 @@ def release_unanswered(job, now):
             return
         open_requests = AIRequest.objects.filter(batch=job, status=AIRequest.Status.BATCHED)
         summary = dict(locked.error_summary)
-        counts = {"failed": 0, "requeued": 0, "cancelled": 0}
+        deltas = defaultdict(lambda: defaultdict(int))
         common = {"provider_finished_at": job.finished_at}
+
+        def release(queryset, counter, summary_code=None, **fields):
+            for consumer_id, n in _per_consumer(queryset).items():
+                deltas[consumer_id][counter] += n
+                if summary_code:
+                    summary[summary_code] = summary.get(summary_code, 0) + n
+            queryset.update(**fields)
 
         bad_lines = _failed_lines(job) if job.status == BatchJob.Status.FAILED else {}
         if bad_lines:
@@ -539,36 +570,26 @@ def release_unanswered(job, now):
             ordered = list(job.requests.order_by("id").values_list("id", flat=True))
             for line, (line_code, line_message) in bad_lines.items():
                 if 0 < line <= len(ordered):
-                    n = open_requests.filter(pk=ordered[line - 1]).update(
-                        status=AIRequest.Status.FAILED, error_code=line_code, error_message=f"line {line}: {line_message}", applied_at=now, **common
+                    release(
+                        open_requests.filter(pk=ordered[line - 1]), "failed_count", line_code,
+                        status=AIRequest.Status.FAILED, error_code=line_code, error_message=f"line {line}: {line_message}", applied_at=now, **common,
                     )
-                    counts["failed"] += n
-                    summary[line_code] = summary.get(line_code, 0) + n
 
         if job.status == BatchJob.Status.CANCELLED and job.cancel_reason == "user":
-            counts["cancelled"] = open_requests.update(
-                status=AIRequest.Status.CANCELLED, error_code="batch_cancelled", error_message="Cancelled by staff.", applied_at=now, **common
+            release(
+                open_requests, "cancelled_count",
+                status=AIRequest.Status.CANCELLED, error_code="batch_cancelled", error_message="Cancelled by staff.", applied_at=now, **common,
             )
         else:
-            max_attempts = job.job_type.max_attempts
-            counts["requeued"] = open_requests.filter(attempts__lt=max_attempts).update(
-                status=AIRequest.Status.QUEUED, batch=None, error_code=code, error_message=message
+            release(
+                open_requests.filter(attempts__lt=job.job_type.max_attempts), "requeued_count", code,
+                status=AIRequest.Status.QUEUED, batch=None, error_code=code, error_message=message,
             )
-            exhausted = open_requests.update(
-                status=AIRequest.Status.FAILED, error_code=code, error_message=message, applied_at=now, **common
+            release(
+                open_requests, "failed_count", code,
+                status=AIRequest.Status.FAILED, error_code=code, error_message=message, applied_at=now, **common,
             )
-            counts["failed"] += exhausted
-            if counts["requeued"] + exhausted:
-                summary[code] = summary.get(code, 0) + counts["requeued"] + exhausted
-        BatchJob.objects.filter(pk=job.pk).update(
-            failed_count=F("failed_count") + counts["failed"],
-            requeued_count=F("requeued_count") + counts["requeued"],
-            cancelled_count=F("cancelled_count") + counts["cancelled"],
-            error_summary=summary,
-            results_applied_at=now,
-            lease_until=None,
-            provider_fault_count=0,
-        )
+        add_to_counters(job.pk, deltas, error_summary=summary, results_applied_at=now, lease_until=None, provider_fault_count=0)
 
 
 # --- one pass, by hand or by the scheduler ----------------------------------------------

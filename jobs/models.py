@@ -8,6 +8,30 @@ from django.db.models import Q
 
 MILLION = Decimal(1_000_000)
 COST_PLACES = Decimal("0.0000000001")
+USD_UNITS = Decimal(10) ** 10
+
+
+class USDField(models.BigIntegerField):
+    """US dollars kept exact: stored as a whole number of 1e-10 USD, read back as Decimal.
+
+    SQLite keeps decimals as floating point, so sums of many small costs would drift;
+    integers add up exactly on every database.
+    """
+
+    description = "US dollars (exact, 1e-10 USD resolution)"
+
+    def from_db_value(self, value, expression, connection):
+        return None if value is None else Decimal(value) / USD_UNITS
+
+    def to_python(self, value):
+        if value is None or isinstance(value, Decimal):
+            return value
+        return Decimal(str(value))
+
+    def get_prep_value(self, value):
+        if value is None:
+            return None
+        return int((Decimal(value) * USD_UNITS).to_integral_value())
 
 # Error codes worth another try: the provider was busy, broke, or ran out of time.
 RETRYABLE_ERROR_CODES = frozenset(
@@ -168,8 +192,8 @@ class AIRequest(models.Model):
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     cached_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
-    cost_batch = models.DecimalField(max_digits=18, decimal_places=10, null=True, blank=True)
-    cost_standard = models.DecimalField(max_digits=18, decimal_places=10, null=True, blank=True)
+    cost_batch = USDField(null=True, blank=True)
+    cost_standard = USDField(null=True, blank=True)
 
     queued_at = models.DateTimeField(help_text="Submitted by the consumer.")
     submitted_at = models.DateTimeField(null=True, blank=True, help_text="Accepted by the provider in a batch.")
@@ -244,8 +268,8 @@ class BatchJob(models.Model):
     input_tokens = models.PositiveBigIntegerField(default=0)
     cached_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
-    cost_batch = models.DecimalField(max_digits=18, decimal_places=10, default=Decimal(0))
-    cost_standard = models.DecimalField(max_digits=18, decimal_places=10, default=Decimal(0))
+    cost_batch = USDField(default=Decimal(0))
+    cost_standard = USDField(default=Decimal(0))
 
     created_at = models.DateTimeField(db_index=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
@@ -307,3 +331,29 @@ class BatchTransition(models.Model):
 
     def __str__(self):
         return f"{self.job_id}: {self.from_status or '∅'} → {self.to_status}"
+
+
+class BatchJobConsumer(models.Model):
+    """A job's outcome counters for one consumer, so every figure can be broken down per application.
+
+    Written in the same transactions as the job's own counters, from the same deltas.
+    """
+
+    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="consumer_stats")
+    consumer = models.ForeignKey(Consumer, on_delete=models.PROTECT, related_name="job_stats")
+    request_count = models.PositiveIntegerField(default=0)
+    succeeded_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    requeued_count = models.PositiveIntegerField(default=0)
+    cancelled_count = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost_batch = USDField(default=Decimal(0))
+    cost_standard = USDField(default=Decimal(0))
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "consumer"], name="job_consumer_unique")]
+
+    def __str__(self):
+        return f"job {self.job_id} / {self.consumer_id}"

@@ -25,7 +25,7 @@ from decimal import Decimal
 from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.db.models.functions import Coalesce
 
-from jobs.models import AIRequest, BatchJob
+from jobs.models import AIRequest, BatchJob, USDField
 
 S = BatchJob.Status
 FAILED_STATES = (S.FAILED, S.EXPIRED, S.CANCELLED)
@@ -58,8 +58,8 @@ def summary(since, until, job_type=None):
         failed=Count("id", filter=Q(status__in=FAILED_STATES)),
         succeeded_lines=Coalesce(Sum("succeeded_count"), 0),
         failed_lines=Coalesce(Sum("failed_count"), 0),
-        cost_batch=Coalesce(Sum("cost_batch"), ZERO),
-        cost_standard=Coalesce(Sum("cost_standard"), ZERO),
+        cost_batch=Coalesce(Sum("cost_batch"), 0, output_field=USDField()),
+        cost_standard=Coalesce(Sum("cost_standard"), 0, output_field=USDField()),
         processing=Avg(
             ExpressionWrapper(F("finished_at") - Coalesce("in_progress_at", "provider_created_at"), output_field=DurationField()),
             filter=Q(finished_at__isnull=False) & (Q(in_progress_at__isnull=False) | Q(provider_created_at__isnull=False)),

@@ -72,3 +72,11 @@ def submit(consumer, job_type):
         return submit_lines(consumer, job_type, lines, now or timezone.now()).ids
 
     return do
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttle counters live in the cache (Redis in CI): each test starts from zero."""
+    from django.core.cache import cache
+
+    cache.clear()

@@ -11,7 +11,7 @@ from django.utils import timezone
 from batchmon.models import AuditEvent
 from jobs import lifecycle
 from jobs.actions import ActionRefused, cancel_batch_job, retry_batch_job
-from jobs.models import AIRequest, BatchJob, BatchTransition, JobType
+from jobs.models import AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobType
 from jobs.providers.openai_batch import get_provider
 
 pytestmark = pytest.mark.django_db
@@ -43,6 +43,9 @@ def assert_costs_add_up():
     assert by_job["n"] == by_request["n"]
     assert by_job["b"] == by_request["b"]
     assert by_job["s"] == by_request["s"]
+    counters = ("request_count", "succeeded_count", "failed_count", "requeued_count", "cancelled_count", "input_tokens", "cost_batch", "cost_standard")
+    per_consumer = BatchJobConsumer.objects.aggregate(**{c: Sum(c) for c in counters})
+    assert per_consumer == BatchJob.objects.aggregate(**{c: Sum(c) for c in counters})
 
 
 def test_happy_path_applies_every_result_with_costs_and_history(sandbox, submit):
@@ -268,8 +271,8 @@ def test_result_chunk_query_count_is_constant(sandbox, submit, django_assert_num
     lines = list(get_provider().iter_file_lines(job.output_file_id))
     prices = {}
     lifecycle.apply_result_lines(job, lines[:5], now, prices)  # warms the price cache
-    # savepoint, lock job, select rows, one executemany, update job, release
-    with django_assert_num_queries(6):
+    # savepoint, lock job, select rows, one executemany, update the consumer's row and the job, release
+    with django_assert_num_queries(7):
         lifecycle.apply_result_lines(job, lines[5:], now, prices)
 
 
@@ -358,7 +361,7 @@ def test_retry_sends_failed_requests_again_once(sandbox, submit, job_type, admin
     assert AuditEvent.objects.filter(action="batch_retry", outcome="success", target_id=str(job.pk)).count() == 1
 
 
-def test_two_thousand_requests_with_faults_all_end_once(sandbox, submit, settings):
+def test_two_thousand_requests_with_faults_all_end_once(sandbox, submit, settings, make_consumer):
     """The issue's soak: 10% line errors, one expired batch, injected 500s; nothing lost or doubled."""
     settings.BATCH_MAX_REQUESTS = 250
     sandbox.configure(
@@ -370,7 +373,8 @@ def test_two_thousand_requests_with_faults_all_end_once(sandbox, submit, setting
             {"method": "GET", "path": "/v1/files/", "status": 500, "count": 1},
         ],
     )
-    submit(2000)
+    submit(1200)
+    submit(800, consumer=make_consumer())  # two applications share the batches
     now = timezone.now()
     lifecycle.create_batches(now)
     sandbox.configure(expire_fraction=0.4)  # the next batch to be read expires
