@@ -11,7 +11,6 @@ from rest_framework.authentication import BaseAuthentication, SessionAuthenticat
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
-from rest_framework.views import exception_handler as drf_exception_handler
 
 from jobs.models import Consumer
 
@@ -122,6 +121,8 @@ def _first_message(detail):
 
 def exception_handler(exc, context):
     """DRF's handler, reshaped to the one error format, with a stable machine-readable code."""
+    from rest_framework.views import exception_handler as drf_exception_handler  # settings import this module
+
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     response = drf_exception_handler(exc, context)

@@ -1,6 +1,22 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from jobs import monitoring_api as m
+
+admin_api = [
+    path("batch-monitoring", m.BatchMonitoringView.as_view(), name="batch-monitoring"),
+    path("batch-monitoring/alerts", m.AlertConfigView.as_view(), name="batch-monitoring-alerts"),
+    path("batch-monitoring/<int:pk>", m.JobDetailView.as_view(), name="batch-monitoring-job"),
+    path("batch-monitoring/<int:pk>/retry", m.JobRetryView.as_view(), name="batch-monitoring-retry"),
+    path("batch-monitoring/<int:pk>/cancel", m.JobCancelView.as_view(), name="batch-monitoring-cancel"),
+    path("audit-log", m.AuditLogView.as_view(), name="audit-log"),
+]
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/admin/", include(admin_api)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
 ]

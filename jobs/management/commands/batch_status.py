@@ -1,10 +1,11 @@
 import json
 from datetime import timedelta
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from jobs import stats
+from jobs.models import JobType
 
 
 class Command(BaseCommand):
@@ -17,7 +18,12 @@ class Command(BaseCommand):
 
     def handle(self, **options):
         now = timezone.now()
-        figures = stats.summary(now - timedelta(hours=options["hours"]), now, job_type=options["job_type"])
+        job_type = None
+        if options["job_type"]:
+            job_type = JobType.objects.filter(name=options["job_type"]).first()
+            if job_type is None:
+                raise CommandError(f"--job-type {options['job_type']!r}: no such job type")
+        figures = stats.figures(now - timedelta(hours=options["hours"]), now, stats.Scope(job_type))
         figures["requests"] = stats.request_counts()
         if options["json"]:
             self.stdout.write(json.dumps(figures, indent=2))

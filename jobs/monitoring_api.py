@@ -1,0 +1,338 @@
+"""The staff monitoring API (seed 000's contract): figures, job detail, retry, cancel, alerts, audit log.
+
+Views are thin: parameters are validated by serializers (a 400 names the field), figures come from
+jobs.stats, state changes from jobs.actions. Every call, refused ones included, leaves an
+AuditEvent `batch_monitoring_access`.
+"""
+
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from alerts.config import alert_configuration, update_alert_configuration
+from alerts.models import AlertRule
+from batchmon.api import STAFF_AUTHENTICATION, AdminRateThrottle, Conflict, IsStaff
+from batchmon.models import AuditEvent
+from jobs import actions, stats
+from jobs.models import BatchJob, Consumer, JobType
+
+
+def client_ip(request):
+    return request.META.get("REMOTE_ADDR")
+
+
+class AuditedStaffView(APIView):
+    """Staff only, throttled per user, and every response audited as monitoring access."""
+
+    authentication_classes = STAFF_AUTHENTICATION
+    permission_classes = [IsStaff]
+    throttle_classes = [AdminRateThrottle]
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        user = getattr(request, "_user", None)
+        code = response.status_code
+        outcome = (
+            AuditEvent.Outcome.SUCCESS if code < 400 else AuditEvent.Outcome.DENIED if code in (401, 403, 429) else AuditEvent.Outcome.FAILURE
+        )
+        AuditEvent.record(
+            actor=user if getattr(user, "is_authenticated", False) else None,
+            action=AuditEvent.Action.BATCH_MONITORING_ACCESS,
+            at=timezone.now(),
+            outcome=outcome,
+            ip=client_ip(request),
+            details={"method": request.method, "path": request.path, "params": request.query_params.dict(), "status": code},
+        )
+        return response
+
+
+def ok(data, status=200):
+    return Response({"success": True, "data": data}, status=status)
+
+
+class SpanField(serializers.CharField):
+    def __init__(self, units="hd", **kwargs):
+        self.units = units
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return stats.parse_span(super().to_internal_value(data), self.units)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def get_default(self):
+        default = super().get_default()
+        return self.to_internal_value(default) if isinstance(default, str) else default
+
+
+class NamedField(serializers.CharField):
+    """A job type or consumer given by name; an unknown name is a 400 naming the field."""
+
+    def __init__(self, model, **kwargs):
+        self.model = model
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        name = super().to_internal_value(data)
+        found = self.model.objects.filter(name=name).first()
+        if found is None:
+            raise serializers.ValidationError(f"no {self.model._meta.verbose_name} named {name!r}")
+        return found
+
+
+class MonitoringParams(serializers.Serializer):
+    timeRange = SpanField(default="24h", help_text="1h, 24h (default), 7d, 30d, or any <n>h / <n>d up to 366d.")
+    status = serializers.ChoiceField(choices=BatchJob.Status.values, required=False, help_text="Only jobs in this status.")
+    jobType = NamedField(JobType, required=False, help_text="Only this job type (by name).")
+    consumer = NamedField(Consumer, required=False, help_text="Only this consumer application's share (by name).")
+    includeDetails = serializers.BooleanField(default=False, help_text="Each job with its errorSummary and consumer breakdown.")
+    page = serializers.IntegerField(min_value=1, default=1)
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=50)
+    interval = SpanField(units="mhd", required=False, help_text="Bucket size of data.historical (e.g. 5m, 1h, 1d); chosen from the range if absent.")
+
+    def validate(self, attrs):
+        interval = attrs.get("interval")
+        if interval and attrs["timeRange"] / interval > stats.MAX_BUCKETS:
+            raise serializers.ValidationError({"interval": f"too short for the range: at most {stats.MAX_BUCKETS} buckets"})
+        return attrs
+
+
+class PageParams(serializers.Serializer):
+    page = serializers.IntegerField(min_value=1, default=1)
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=50)
+
+
+def validated(serializer_class, request):
+    params = serializer_class(data=request.query_params)
+    params.is_valid(raise_exception=True)
+    return params.validated_data
+
+
+ERROR_SCHEMA = inline_serializer(
+    "Error",
+    {
+        "success": serializers.BooleanField(default=False),
+        "error": inline_serializer("ErrorBody", {"code": serializers.CharField(), "message": serializers.CharField(), "details": serializers.JSONField()}),
+    },
+)
+ERRORS = {400: ERROR_SCHEMA, 401: ERROR_SCHEMA, 403: ERROR_SCHEMA, 429: ERROR_SCHEMA}
+
+MONITORING_EXAMPLE = {
+    "success": True,
+    "data": {
+        "summary": {
+            "totalJobs": 156,
+            "completedJobs": 142,
+            "failedJobs": 8,
+            "pendingJobs": 6,
+            "totalRequests": 15600,
+            "processedRequests": 14200,
+            "costSavings": {"currentPeriod": 234.56, "projectedMonthly": 7038.45, "savingsPercentage": 50.0},
+            "averageProcessingTime": 1800000,
+            "successRate": 95.2,
+        },
+        "queues": {"pending": 12, "processing": 3, "completed": 142, "failed": 8},
+        "performance": {
+            "throughput": {"requestsPerHour": 650, "jobsPerHour": 6.5, "averageBatchSize": 100},
+            "efficiency": {"batchUtilization": 10.0, "processingEfficiency": 92.1, "errorRate": 4.8},
+        },
+        "jobs": [
+            {
+                "id": "123",
+                "batchId": "batch_abc123",
+                "status": "completed",
+                "jobType": "ai_analysis",
+                "requestCount": 100,
+                "completedCount": 98,
+                "failedCount": 2,
+                "createdAt": "2024-01-01T10:00:00Z",
+                "startedAt": "2024-01-01T10:05:00Z",
+                "completedAt": "2024-01-01T10:35:00Z",
+                "processingTimeMs": 1800000,
+                "costEstimate": 12.5,
+                "errorSummary": [{"error": "token_limit_exceeded", "count": 2, "percentage": 2.0}],
+            }
+        ],
+    },
+}
+
+
+class BatchMonitoringView(AuditedStaffView):
+    @extend_schema(
+        operation_id="batch_monitoring",
+        summary="Batch processing figures, queues, performance, history and the job table",
+        description="Seed 000's monitoring contract. Every figure's definition is in the README (API section).",
+        parameters=[MonitoringParams],
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+        examples=[OpenApiExample("24 hours", value=MONITORING_EXAMPLE, response_only=True)],
+        tags=["monitoring"],
+    )
+    def get(self, request):
+        p = validated(MonitoringParams, request)
+        until = timezone.now()
+        data = stats.report(
+            until - p["timeRange"],
+            until,
+            job_type=p.get("jobType"),
+            consumer=p.get("consumer"),
+            status=p.get("status"),
+            include_details=p["includeDetails"],
+            page=p["page"],
+            limit=p["limit"],
+            interval=p.get("interval"),
+        )
+        return ok(data)
+
+
+class JobDetailView(AuditedStaffView):
+    @extend_schema(
+        operation_id="batch_monitoring_job",
+        summary="One batch job: transitions, error summary, consumers and a page of its failed requests",
+        parameters=[PageParams],
+        responses={200: OpenApiTypes.OBJECT, 404: ERROR_SCHEMA, **ERRORS},
+        tags=["monitoring"],
+    )
+    def get(self, request, pk):
+        p = validated(PageParams, request)
+        job = get_object_or_404(BatchJob, pk=pk)
+        return ok(stats.job_detail(job, p["page"], p["limit"]))
+
+
+class JobRetryView(AuditedStaffView):
+    @extend_schema(
+        operation_id="batch_monitoring_retry",
+        summary="Send the job's retryable failed and cancelled requests again, in a new job",
+        request=None,
+        responses={
+            200: inline_serializer("RetryResult", {"success": serializers.BooleanField(), "data": inline_serializer("RetryData", {"jobId": serializers.CharField(), "retryJobId": serializers.CharField(), "requeued": serializers.IntegerField()})}),
+            404: ERROR_SCHEMA,
+            409: ERROR_SCHEMA,
+            **ERRORS,
+        },
+        examples=[OpenApiExample("retried", value={"success": True, "data": {"jobId": "12", "retryJobId": "40", "requeued": 7}}, response_only=True)],
+        tags=["monitoring"],
+    )
+    def post(self, request, pk):
+        job = get_object_or_404(BatchJob, pk=pk)
+        try:
+            retry = actions.retry_batch_job(job, request.user, timezone.now(), client_ip(request))
+        except actions.ActionRefused as exc:
+            raise Conflict(str(exc)) from exc
+        return ok({"jobId": str(job.pk), "retryJobId": str(retry.pk), "requeued": retry.request_count})
+
+
+class JobCancelView(AuditedStaffView):
+    @extend_schema(
+        operation_id="batch_monitoring_cancel",
+        summary="Cancel the job at the provider; lines already done are still applied",
+        request=None,
+        responses={
+            202: inline_serializer("CancelResult", {"success": serializers.BooleanField(), "data": inline_serializer("CancelData", {"jobId": serializers.CharField(), "status": serializers.CharField(), "cancelRequestedAt": serializers.DateTimeField()})}),
+            404: ERROR_SCHEMA,
+            409: ERROR_SCHEMA,
+            **ERRORS,
+        },
+        examples=[OpenApiExample("requested", value={"success": True, "data": {"jobId": "12", "status": "cancelling", "cancelRequestedAt": "2026-01-01T10:00:00Z"}}, response_only=True)],
+        tags=["monitoring"],
+    )
+    def post(self, request, pk):
+        job = get_object_or_404(BatchJob, pk=pk)
+        try:
+            actions.cancel_batch_job(job, request.user, timezone.now(), client_ip(request))
+        except actions.ActionRefused as exc:
+            raise Conflict(str(exc)) from exc
+        job.refresh_from_db(fields=["status", "cancel_requested_at"])
+        return ok({"jobId": str(job.pk), "status": job.status, "cancelRequestedAt": stats._iso(job.cancel_requested_at)}, status=202)
+
+
+class AlertConfigSerializer(serializers.Serializer):
+    errorRateThreshold = serializers.FloatField(min_value=0, max_value=100, required=False, help_text="Percent of failed lines that raises highErrorRate.")
+    processingTimeThreshold = serializers.IntegerField(min_value=1, required=False, help_text="Seconds of batch processing that raise longProcessingTime.")
+    notificationChannels = serializers.ListField(
+        child=serializers.ChoiceField(choices=AlertRule.Channel.values), required=False, max_length=3, help_text="Where the default alerts go."
+    )
+    alertSuppression = serializers.IntegerField(min_value=0, max_value=7 * 24 * 60, required=False, help_text="Minutes during which a repeat is not notified again.")
+
+    def validate(self, attrs):
+        if not attrs:
+            raise serializers.ValidationError("give at least one of " + ", ".join(self.fields))
+        return attrs
+
+
+ALERT_CONFIG_EXAMPLE = {"errorRateThreshold": 10, "processingTimeThreshold": 3600, "notificationChannels": ["email", "webhook"], "alertSuppression": 30}
+
+
+class AlertConfigView(AuditedStaffView):
+    @extend_schema(
+        operation_id="alert_config_get", summary="The alert configuration", responses={200: OpenApiTypes.OBJECT, **ERRORS}, tags=["monitoring"]
+    )
+    def get(self, request):
+        return ok(alert_configuration())
+
+    @extend_schema(
+        operation_id="alert_config_update",
+        summary="Change the default alerts' thresholds, channels and suppression (seed 000's body)",
+        request=AlertConfigSerializer,
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+        examples=[OpenApiExample("update", value=ALERT_CONFIG_EXAMPLE, request_only=True)],
+        tags=["monitoring"],
+    )
+    def post(self, request):
+        body = AlertConfigSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return ok(update_alert_configuration(body.validated_data, request.user, timezone.now(), client_ip(request)))
+
+
+class AuditParams(serializers.Serializer):
+    action = serializers.ChoiceField(choices=AuditEvent.Action.values, required=False)
+    outcome = serializers.ChoiceField(choices=AuditEvent.Outcome.values, required=False)
+    actor = serializers.CharField(required=False, help_text="Username.")
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+
+
+class AuditPagination(CursorPagination):
+    ordering = ("-at", "-id")
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 100
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_label")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "at", "actor", "action", "outcome", "target_type", "target_id", "ip", "details"]
+
+
+class AuditLogView(AuditedStaffView):
+    @extend_schema(
+        operation_id="audit_log",
+        summary="The audit log: staff actions and monitoring accesses, newest first",
+        parameters=[AuditParams, OpenApiParameter("cursor", str), OpenApiParameter("limit", int)],
+        responses={200: AuditEventSerializer(many=True), **ERRORS},
+        tags=["monitoring"],
+    )
+    def get(self, request):
+        p = validated(AuditParams, request)
+        events = AuditEvent.objects.all()
+        if "action" in p:
+            events = events.filter(action=p["action"])
+        if "outcome" in p:
+            events = events.filter(outcome=p["outcome"])
+        if "actor" in p:
+            events = events.filter(actor_label=p["actor"])
+        if "since" in p:
+            events = events.filter(at__gte=p["since"])
+        if "until" in p:
+            events = events.filter(at__lt=p["until"])
+        paginator = AuditPagination()
+        page = paginator.paginate_queryset(events, request, view=self)
+        return ok({"results": AuditEventSerializer(page, many=True).data, "next": paginator.get_next_link(), "previous": paginator.get_previous_link()})

@@ -1,0 +1,282 @@
+"""GET /api/admin/batch-monitoring and its siblings: seed 000's contract, definitions, auth, audit."""
+
+import io
+import json
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.core.management import call_command
+from django.urls import reverse
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from alerts.models import AlertRule
+from batchmon.api import AdminRateThrottle
+from batchmon.models import AuditEvent
+from jobs import lifecycle
+from jobs.models import BatchJob, BatchJobConsumer, JobType
+
+pytestmark = pytest.mark.django_db
+B = BatchJob.Status
+NOW = timezone.now().replace(microsecond=0)
+
+
+@pytest.fixture
+def staff(admin_user):
+    client = APIClient()
+    client.force_authenticate(admin_user)
+    return client
+
+
+def make_job(job_type, consumer, *, status=B.COMPLETED, created_ago=timedelta(hours=2), ran=timedelta(minutes=30), requests=100,
+             succeeded=90, failed=4, requeued=6, cancelled=0, cost_batch="1.25", errors=None):
+    """A finished job with known counters, and its one consumer row."""
+    created = NOW - created_ago
+    ended = status in BatchJob.TERMINAL
+    job = BatchJob.objects.create(
+        job_type=job_type, model="gpt-4o-mini", endpoint=job_type.endpoint, status=status, created_at=created,
+        provider_batch_id=f"batch_{BatchJob.objects.count() + 1}", submitted_at=created, provider_created_at=created,
+        in_progress_at=created + timedelta(minutes=5), finished_at=created + timedelta(minutes=5) + ran if ended else None,
+        results_applied_at=created + ran + timedelta(minutes=6) if ended else None,
+        request_count=requests, succeeded_count=succeeded, failed_count=failed, requeued_count=requeued, cancelled_count=cancelled,
+        cost_batch=Decimal(cost_batch), cost_standard=Decimal(cost_batch) * 2,
+        error_summary=errors if errors is not None else ({"rate_limit_exceeded": requeued, "token_limit_exceeded": failed} if failed + requeued else {}),
+    )
+    BatchJobConsumer.objects.create(
+        job=job, consumer=consumer, request_count=requests, succeeded_count=succeeded, failed_count=failed, requeued_count=requeued,
+        cancelled_count=cancelled, cost_batch=Decimal(cost_batch), cost_standard=Decimal(cost_batch) * 2,
+    )
+    return job
+
+
+@pytest.fixture
+def jobs(job_type, consumer):
+    """Four jobs in the last 24 h with hand-countable figures, and one older job outside it."""
+    with time_machine.travel(NOW, tick=False):
+        made = [
+            make_job(job_type, consumer),  # completed: 90 ok, 4 failed, 6 requeued, $1.25
+            make_job(job_type, consumer, succeeded=100, failed=0, requeued=0, cost_batch="2.75", ran=timedelta(minutes=90)),
+            make_job(job_type, consumer, status=B.EXPIRED, succeeded=40, failed=0, requeued=60, cost_batch="0.50", errors={"batch_expired": 60}),
+            make_job(job_type, consumer, status=B.IN_PROGRESS, succeeded=0, failed=0, requeued=0, cost_batch="0"),
+            make_job(job_type, consumer, created_ago=timedelta(days=3)),
+        ]
+    return made
+
+
+def get(client, **params):
+    with time_machine.travel(NOW, tick=False):
+        return client.get(reverse("batch-monitoring"), params)
+
+
+def test_figures_match_their_definitions(staff, jobs):
+    response = get(staff)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True
+    data = body["data"]
+    assert data["summary"] == {
+        "totalJobs": 4,
+        "completedJobs": 2,
+        "failedJobs": 1,  # expired counts as failed
+        "pendingJobs": 1,
+        "totalRequests": 400,
+        "processedRequests": 94 + 100 + 40,
+        "costSavings": {"currentPeriod": 4.5, "projectedMonthly": round(4.5 / 24 * 720, 6), "savingsPercentage": 50.0},
+        "averageProcessingTime": round((30 + 90 + 30) / 3 * 60_000),
+        "successRate": round(100 * 230 / 234, 2),
+    }
+    assert data["queues"] == {"pending": 0, "processing": 1, "completed": 2, "failed": 1}
+    assert data["performance"] == {
+        "throughput": {"requestsPerHour": round(234 / 24, 2), "jobsPerHour": round(3 / 24, 2), "averageBatchSize": 100.0},
+        "efficiency": {"batchUtilization": 10.0, "processingEfficiency": round(100 * 230 / 300, 2), "errorRate": round(100 * 4 / 234, 2)},
+    }
+    assert data["pagination"] == {"page": 1, "limit": 50, "total": 4, "pages": 1}
+    first = next(j for j in data["jobs"] if j["id"] == str(jobs[0].pk))
+    assert first["completedCount"] == 90 and first["failedCount"] == 10 and first["processingTimeMs"] == 30 * 60_000
+    assert set(first) >= {"id", "batchId", "status", "jobType", "requestCount", "completedCount", "failedCount", "createdAt",
+                          "startedAt", "completedAt", "processingTimeMs", "costEstimate"}
+    assert "errorSummary" not in first  # light without includeDetails
+    running = next(j for j in data["jobs"] if j["status"] == "in_progress")
+    # the running job's 100 lines are estimated at the job type's mean batch cost per succeeded line
+    assert running["costEstimate"] == pytest.approx(100 * 4.5 / 230, abs=1e-6)
+
+
+def test_historical_buckets_add_up_to_the_summary(staff, jobs):
+    data = get(staff, timeRange="24h").json()["data"]
+    buckets = data["historical"]["buckets"]
+    assert data["historical"]["interval"] == 3600 and len(buckets) == 24
+    assert sum(b["jobsFinished"] for b in buckets) == 3
+    assert sum(b["requestsSucceeded"] for b in buckets) == 230
+    assert sum(b["savings"] for b in buckets) == pytest.approx(data["summary"]["costSavings"]["currentPeriod"])
+    assert len(get(staff, timeRange="1h", interval="5m").json()["data"]["historical"]["buckets"]) == 12
+
+
+def test_include_details_adds_error_summary_and_consumers(staff, jobs):
+    data = get(staff, includeDetails="true").json()["data"]
+    first = next(j for j in data["jobs"] if j["id"] == str(jobs[0].pk))
+    assert first["errorSummary"] == [
+        {"error": "rate_limit_exceeded", "count": 6, "percentage": 6.0},
+        {"error": "token_limit_exceeded", "count": 4, "percentage": 4.0},
+    ]
+    assert first["consumers"] == [
+        {"consumer": "acme", "requestCount": 100, "completedCount": 90, "failedCount": 10, "cancelledCount": 0, "cost": 1.25, "savings": 1.25}
+    ]
+
+
+def test_filters_and_paging(staff, jobs, job_type, make_consumer):
+    other_type = JobType.objects.create(name="summaries")
+    other = make_consumer("reporting")
+    with time_machine.travel(NOW, tick=False):
+        make_job(other_type, other, succeeded=10, failed=0, requeued=0, requests=10, cost_batch="0.10")
+    assert get(staff, jobType="summaries").json()["data"]["summary"]["totalJobs"] == 1
+    by_consumer = get(staff, consumer="reporting").json()["data"]
+    assert by_consumer["summary"]["totalRequests"] == 10 and by_consumer["summary"]["costSavings"]["currentPeriod"] == 0.1
+    assert [j["status"] for j in get(staff, status="expired").json()["data"]["jobs"]] == ["expired"]
+    page = get(staff, limit=2, page=2).json()["data"]
+    assert page["pagination"] == {"page": 2, "limit": 2, "total": 5, "pages": 3} and len(page["jobs"]) == 2
+    assert get(staff, timeRange="7d").json()["data"]["summary"]["totalJobs"] == 6
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"timeRange": "yesterday"}, "timeRange"),
+        ({"timeRange": "0h"}, "timeRange"),
+        ({"timeRange": "400d"}, "timeRange"),
+        ({"status": "done"}, "status"),
+        ({"jobType": "nope"}, "jobType"),
+        ({"consumer": "nope"}, "consumer"),
+        ({"includeDetails": "perhaps"}, "includeDetails"),
+        ({"page": "0"}, "page"),
+        ({"limit": "101"}, "limit"),
+        ({"timeRange": "30d", "interval": "1m"}, "interval"),
+    ],
+)
+def test_bad_parameters_are_a_400_naming_the_field(staff, params, field):
+    response = get(staff, **params)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert response.json()["success"] is False and error["code"] == "invalid"
+    assert error["message"].startswith(f"{field}:") or field in error["details"]
+
+
+def test_query_count_does_not_grow_with_jobs(staff, job_type, consumer, django_assert_num_queries):
+    with time_machine.travel(NOW, tick=False):
+        for _ in range(3):
+            make_job(job_type, consumer)
+    # 3 figure aggregates, history, count, page, mean cost, consumers, audit insert
+    with django_assert_num_queries(9):
+        get(staff, includeDetails="true")
+    with time_machine.travel(NOW, tick=False):
+        for _ in range(40):
+            make_job(job_type, consumer)
+    with django_assert_num_queries(9):
+        get(staff, includeDetails="true")
+
+
+def test_same_numbers_as_batch_status_command(staff, sandbox, submit):
+    sandbox.configure(line_error_rate=0.2, line_error_codes=["token_limit_exceeded"])
+    submit(40)
+    lifecycle.run_cycle(timezone.now())
+    api = staff.get(reverse("batch-monitoring")).json()["data"]
+    out = io.StringIO()
+    call_command("batch_status", "--json", stdout=out)
+    command = json.loads(out.getvalue())
+    assert command["summary"] == api["summary"] and command["queues"] == api["queues"]
+    assert api["summary"]["processedRequests"] == 40 and 0 < api["summary"]["successRate"] < 100
+
+
+def test_auth_staff_only_with_the_error_shape_and_every_access_audited(client, admin_user, django_user_model):
+    url = reverse("batch-monitoring")
+    anonymous = APIClient().get(url)
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "not_authenticated"
+    assert "WWW-Authenticate" in anonymous.headers
+    user = django_user_model.objects.create_user("viewer", password="pw-123456789")
+    plain = APIClient()
+    plain.force_authenticate(user)
+    assert plain.get(url).status_code == 403
+    token = Token.objects.create(user=admin_user)
+    by_token = APIClient(HTTP_AUTHORIZATION=f"Token {token.key}").get(url, {"timeRange": "1h"})
+    assert by_token.status_code == 200
+    client.force_login(admin_user)  # the admin session works too
+    assert client.get(url).status_code == 200
+    events = AuditEvent.objects.filter(action="batch_monitoring_access").order_by("id")
+    assert [(e.actor_label, e.outcome) for e in events] == [("", "denied"), ("viewer", "denied"), ("admin", "success"), ("admin", "success")]
+    assert events[2].details["params"] == {"timeRange": "1h"} and events[2].ip == "127.0.0.1"
+
+
+def test_admin_api_is_throttled_per_user(staff, monkeypatch):
+    monkeypatch.setattr(AdminRateThrottle, "THROTTLE_RATES", {"admin": "3/min"})
+    for _ in range(3):
+        assert staff.get(reverse("batch-monitoring")).status_code == 200
+    response = staff.get(reverse("batch-monitoring"))
+    assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
+    assert response.json()["error"]["code"] == "throttled"
+
+
+def test_job_detail_retry_and_cancel(staff, sandbox, submit, job_type, admin_user):
+    job_type.max_attempts = 1
+    job_type.save()
+    sandbox.configure(line_error_rate=0.3, line_error_codes=["server_error"])
+    submit(20)
+    lifecycle.run_cycle(timezone.now())
+    job = BatchJob.objects.get()
+    detail = staff.get(reverse("batch-monitoring-job", args=[job.pk])).json()["data"]
+    assert [t["to"] for t in detail["transitions"]][:2] == ["pending", "validating"]
+    assert detail["failedRequestsPagination"]["total"] == job.failed_count > 0
+    assert {r["errorCode"] for r in detail["failedRequests"]} == {"server_error"}
+    assert detail["errorSummary"][0]["error"] == "server_error"
+
+    retry = staff.post(reverse("batch-monitoring-retry", args=[job.pk]))
+    assert retry.status_code == 200 and retry.json()["data"]["requeued"] == job.failed_count
+    again = staff.post(reverse("batch-monitoring-retry", args=[job.pk]))
+    assert again.status_code == 409 and "no retryable" in again.json()["error"]["message"]
+    cancel_done = staff.post(reverse("batch-monitoring-cancel", args=[job.pk]))
+    assert cancel_done.status_code == 409 and cancel_done.json()["error"]["code"] == "conflict"
+    new_job = BatchJob.objects.get(retry_of=job)
+    cancel = staff.post(reverse("batch-monitoring-cancel", args=[new_job.pk]))
+    assert cancel.status_code == 202 and cancel.json()["data"]["jobId"] == str(new_job.pk)
+    assert staff.post(reverse("batch-monitoring-cancel", args=[new_job.pk])).status_code == 409
+    assert staff.post(reverse("batch-monitoring-retry", args=[999999])).status_code == 404
+    audits = AuditEvent.objects.filter(actor=admin_user, action__in=["batch_retry", "batch_cancel"]).values_list("action", "outcome")
+    assert sorted(audits) == sorted([("batch_retry", "success"), ("batch_retry", "failure"), ("batch_cancel", "failure"),
+                                     ("batch_cancel", "success"), ("batch_cancel", "failure")])
+
+
+def test_alert_configuration_get_and_update(staff, admin_user):
+    url = reverse("batch-monitoring-alerts")
+    initial = staff.get(url).json()["data"]
+    assert (initial["errorRateThreshold"], initial["processingTimeThreshold"]) == (10.0, 3600.0)
+    assert {r["name"]: (r["severity"], r["notification"]) for r in initial["rules"]} == {
+        "highErrorRate": ("high", "immediate"),
+        "longProcessingTime": ("medium", "hourly"),
+        "lowThroughput": ("medium", "daily"),
+        "batchFailure": ("critical", "immediate"),
+    }
+    body = {"errorRateThreshold": 5, "processingTimeThreshold": 1800, "notificationChannels": ["email", "webhook"], "alertSuppression": 30}
+    updated = staff.post(url, body, format="json").json()["data"]
+    assert {k: updated[k] for k in body} == {"errorRateThreshold": 5.0, "processingTimeThreshold": 1800.0, "notificationChannels": ["email", "webhook"], "alertSuppression": 30}
+    assert AlertRule.objects.get(name="highErrorRate").threshold == 5
+    assert AlertRule.objects.get(name="batchFailure").channels == ["email", "webhook"]
+    change = AuditEvent.objects.get(action="alert_config_change")
+    assert change.actor == admin_user and change.details["before"]["errorRateThreshold"] == 10.0
+
+    bad = staff.post(url, {"errorRateThreshold": 150}, format="json")
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("errorRateThreshold:")
+    bad = staff.post(url, {"notificationChannels": ["pager"]}, format="json")
+    assert bad.status_code == 400 and "notificationChannels" in bad.json()["error"]["message"]
+    assert staff.post(url, {}, format="json").status_code == 400
+    assert AuditEvent.objects.filter(action="alert_config_change").count() == 1
+
+
+def test_audit_log_lists_and_filters(staff, jobs):
+    get(staff)
+    get(staff, timeRange="bad")
+    response = staff.get(reverse("audit-log"), {"action": "batch_monitoring_access", "outcome": "failure"})
+    rows = response.json()["data"]["results"]
+    assert response.status_code == 200 and len(rows) == 1 and rows[0]["details"]["status"] == 400
+    assert staff.get(reverse("audit-log"), {"action": "nope"}).status_code == 400
+    assert APIClient().get(reverse("audit-log")).status_code == 401
