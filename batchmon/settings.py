@@ -154,6 +154,25 @@ if BATCH_MIN_SIZE > BATCH_MAX_REQUESTS:
 if BATCH_COMPLETION_WINDOW != "24h":
     raise bad("BATCH_COMPLETION_WINDOW", BATCH_COMPLETION_WINDOW, "the Batch API only offers '24h'")
 
+# --- Metrics: points, rollups, Prometheus, InfluxDB export ---
+METRICS_TOKEN = env_str("METRICS_TOKEN")  # when set, /metrics wants `Authorization: Bearer <token>`
+METRICS_WRITE_TOKEN = env_str("METRICS_WRITE_TOKEN")  # for point writers other than consumer applications
+METRICS_BUFFER_SIZE = env_int("METRICS_BUFFER_SIZE", 1000, minimum=1, maximum=100_000)
+METRICS_FLUSH_SECONDS = env_float("METRICS_FLUSH_SECONDS", 5.0, minimum=0.1)
+METRICS_ROLLUP_INTERVAL = env_cron("METRICS_ROLLUP_INTERVAL", "* * * * *")
+METRICS_PURGE_INTERVAL = env_cron("METRICS_PURGE_INTERVAL", "17 3 * * *")
+METRICS_MINUTE_ROLLUP_RETENTION_DAYS = env_int("METRICS_MINUTE_ROLLUP_RETENTION_DAYS", 90, minimum=1)
+METRICS_HOUR_ROLLUP_RETENTION_DAYS = env_int("METRICS_HOUR_ROLLUP_RETENTION_DAYS", 730, minimum=1)
+INFLUXDB_URL = env_url("INFLUXDB_URL", "", ("http", "https"))  # e.g. http://127.0.0.1:8086
+INFLUXDB_DATABASE = env_str("INFLUXDB_DATABASE", "batchmon")
+INFLUXDB_USERNAME = env_str("INFLUXDB_USERNAME")
+INFLUXDB_PASSWORD = env_str("INFLUXDB_PASSWORD")
+INFLUXDB_FLUSH_SECONDS = env_float("INFLUXDB_FLUSH_SECONDS", 5.0, minimum=0.1)
+INFLUXDB_BATCH_SIZE = env_int("INFLUXDB_BATCH_SIZE", 5000, minimum=1)
+INFLUXDB_BUFFER_MAX = env_int("INFLUXDB_BUFFER_MAX", 100_000, minimum=1)
+if METRICS_MINUTE_ROLLUP_RETENTION_DAYS < BATCH_MONITORING_RETENTION_DAYS:
+    raise bad("METRICS_MINUTE_ROLLUP_RETENTION_DAYS", str(METRICS_MINUTE_ROLLUP_RETENTION_DAYS), "must be at least BATCH_MONITORING_RETENTION_DAYS")
+
 # --- Task queue: django-q2, Redis broker when REDIS_URL is set, else the database ---
 REDIS_URL = env_url("REDIS_URL", "", ("redis", "rediss"))
 Q_CLUSTER = {

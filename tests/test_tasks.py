@@ -14,22 +14,25 @@ from django_q.signing import SignedPackage
 from django_q.worker import worker
 
 from jobs.models import AIRequest, BatchJob
-from jobs.schedules import SCHEDULES, sync_schedules
+from jobs.schedules import MONITORING_SCHEDULES, SCHEDULES, sync_schedules
 
 
 @pytest.mark.django_db
 def test_schedules_follow_the_cron_settings(settings):
     settings.BATCH_CREATE_INTERVAL = "*/7 * * * *"
     sync_schedules()
-    crons = dict(Schedule.objects.filter(name__in=SCHEDULES).values_list("func", "cron"))
+    crons = dict(Schedule.objects.values_list("func", "cron"))
     assert crons == {
         "jobs.tasks.create_batches": "*/7 * * * *",
         "jobs.tasks.check_batches": settings.BATCH_STATUS_CHECK_INTERVAL,
         "jobs.tasks.process_results": settings.BATCH_RESULT_PROCESSING_INTERVAL,
+        "metrics.tasks.roll_up": settings.METRICS_ROLLUP_INTERVAL,
+        "metrics.tasks.purge": settings.METRICS_PURGE_INTERVAL,
     }
     settings.BATCH_PROCESSING_ENABLED = False
     sync_schedules()
     assert not Schedule.objects.filter(name__in=SCHEDULES).exists()
+    assert Schedule.objects.filter(name__in=MONITORING_SCHEDULES).count() == 2  # monitoring goes on
 
 
 def run_due_tasks(broker, expected):
@@ -59,6 +62,7 @@ def test_scheduled_tasks_run_the_lifecycle_through_the_broker(sandbox, submit, s
     sync_schedules()
     broker = get_broker()
     broker.purge_queue()
+    Schedule.objects.filter(name__in=MONITORING_SCHEDULES).update(next_run=timezone.now() + timedelta(days=1))
     Schedule.objects.filter(name__in=SCHEDULES).update(next_run=timezone.now() - timedelta(minutes=1))
 
     results = run_due_tasks(broker, expected=3)
