@@ -420,9 +420,17 @@ class _Writer:
         sets = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in self.fields)
         self.sql = f"UPDATE {table} SET {sets} WHERE id = %s AND status = %s AND batch_id = %s"
         self.rows = []
+        # Most columns repeat one value for a whole chunk (status, timestamps): prepare each once.
+        self._last = [(object(), None)] * len(self.fields)
 
     def add(self, pk, job_id, *values):
-        prepped = [f.get_db_prep_save(v, connection) for f, v in zip(self.fields, values)]
+        prepped = []
+        for i, (field, value) in enumerate(zip(self.fields, values)):
+            last_value, last_prepped = self._last[i]
+            if value is not last_value:
+                last_prepped = field.get_db_prep_save(value, connection)
+                self._last[i] = (value, last_prepped)
+            prepped.append(last_prepped)
         self.rows.append((*prepped, pk, AIRequest.Status.BATCHED, job_id))
 
     def flush(self):
