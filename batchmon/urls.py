@@ -16,6 +16,7 @@ admin_api = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/admin/", include(admin_api)),
+    path("api/v1/", include("jobs.consumer_api")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),

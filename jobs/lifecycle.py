@@ -402,6 +402,15 @@ def parse_result_line(raw):
     return pk, status_code, body, str(code), str(detail.get("message") or "")
 
 
+def _applied_at(now):
+    """When a chunk's rows are applied: the pass's clock, or the wall clock once the pass has run long.
+
+    Chunks of one job commit one after another; stamping each with its own time (not the pass's
+    start) lets the results export cut at "applied before T" without missing later chunks.
+    """
+    return max(now, djtz.now())
+
+
 def is_retryable(code, status_code):
     return code in RETRYABLE_ERROR_CODES or status_code == 429 or (status_code or 0) >= 500
 
@@ -443,6 +452,8 @@ SUCCESS_FIELDS = (
     "status",
     "response_status",
     "response_body",
+    "error_code",  # cleared: a request may succeed after an earlier failed try
+    "error_message",
     "input_tokens",
     "cached_tokens",
     "output_tokens",
@@ -496,6 +507,7 @@ def apply_result_lines(job, raw_lines, now, prices):
     cancelled_by = job.cancel_reason if job.status == BatchJob.Status.CANCELLED else ""
     with transaction.atomic():
         locked = BatchJob.objects.select_for_update().get(pk=job.pk)
+        applied = _applied_at(now)
         open_rows = (
             AIRequest.objects.select_for_update()
             .filter(batch=job, status=AIRequest.Status.BATCHED, pk__in=list(parsed))
@@ -516,7 +528,9 @@ def apply_result_lines(job, raw_lines, now, prices):
                 input_tokens, cached, output = _usage(body)
                 standard = price.standard_cost(input_tokens, cached, output)
                 batch_cost = price.batch_cost(standard)
-                succeeded.add(pk, job.pk, AIRequest.Status.SUCCEEDED, status_code, body, input_tokens, cached, output, batch_cost, standard, finished, now)
+                succeeded.add(
+                    pk, job.pk, AIRequest.Status.SUCCEEDED, status_code, body, "", "", input_tokens, cached, output, batch_cost, standard, finished, applied
+                )
                 delta["succeeded_count"] += 1
                 delta["input_tokens"] += input_tokens
                 delta["cached_tokens"] += cached
@@ -525,7 +539,7 @@ def apply_result_lines(job, raw_lines, now, prices):
                 delta["cost_standard"] += standard
                 continue
             if code == "batch_cancelled" and cancelled_by == "user":  # not an error: staff asked for it
-                cancelled.add(pk, job.pk, AIRequest.Status.CANCELLED, status_code, body, code, "Cancelled by staff.", finished, now)
+                cancelled.add(pk, job.pk, AIRequest.Status.CANCELLED, status_code, body, code, "Cancelled by staff.", finished, applied)
                 delta["cancelled_count"] += 1
                 continue
             if code == "batch_cancelled" and cancelled_by == "timeout":
@@ -535,7 +549,7 @@ def apply_result_lines(job, raw_lines, now, prices):
                 requeued.add(pk, job.pk, AIRequest.Status.QUEUED, None, status_code, body, code, message)
                 delta["requeued_count"] += 1
             else:
-                failed.add(pk, job.pk, AIRequest.Status.FAILED, status_code, body, code, message, finished, now)
+                failed.add(pk, job.pk, AIRequest.Status.FAILED, status_code, body, code, message, finished, applied)
                 delta["failed_count"] += 1
         for writer in (succeeded, failed, requeued, cancelled):
             writer.flush()
@@ -560,6 +574,7 @@ def release_unanswered(job, now):
         locked = BatchJob.objects.select_for_update().get(pk=job.pk)
         if locked.results_applied_at:
             return
+        applied = _applied_at(now)
         open_requests = AIRequest.objects.filter(batch=job, status=AIRequest.Status.BATCHED)
         summary = dict(locked.error_summary)
         deltas = defaultdict(lambda: defaultdict(int))
@@ -580,13 +595,13 @@ def release_unanswered(job, now):
                 if 0 < line <= len(ordered):
                     release(
                         open_requests.filter(pk=ordered[line - 1]), "failed_count", line_code,
-                        status=AIRequest.Status.FAILED, error_code=line_code, error_message=f"line {line}: {line_message}", applied_at=now, **common,
+                        status=AIRequest.Status.FAILED, error_code=line_code, error_message=f"line {line}: {line_message}", applied_at=applied, **common,
                     )
 
         if job.status == BatchJob.Status.CANCELLED and job.cancel_reason == "user":
             release(
                 open_requests, "cancelled_count",
-                status=AIRequest.Status.CANCELLED, error_code="batch_cancelled", error_message="Cancelled by staff.", applied_at=now, **common,
+                status=AIRequest.Status.CANCELLED, error_code="batch_cancelled", error_message="Cancelled by staff.", applied_at=applied, **common,
             )
         else:
             release(
@@ -595,9 +610,9 @@ def release_unanswered(job, now):
             )
             release(
                 open_requests, "failed_count", code,
-                status=AIRequest.Status.FAILED, error_code=code, error_message=message, applied_at=now, **common,
+                status=AIRequest.Status.FAILED, error_code=code, error_message=message, applied_at=applied, **common,
             )
-        add_to_counters(job.pk, deltas, error_summary=summary, results_applied_at=now, lease_until=None, provider_fault_count=0)
+        add_to_counters(job.pk, deltas, error_summary=summary, results_applied_at=applied, lease_until=None, provider_fault_count=0)
 
 
 # --- one pass, by hand or by the scheduler ----------------------------------------------

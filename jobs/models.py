@@ -213,6 +213,8 @@ class AIRequest(models.Model):
             models.Index(fields=["status", "job_type", "model", "id"], name="request_claim_idx"),
             models.Index(fields=["batch", "status"], name="request_batch_status_idx"),
             models.Index(fields=["status", "applied_at"], name="request_outcome_idx"),
+            models.Index(fields=["consumer", "applied_at", "id"], name="request_export_idx"),
+            models.Index(fields=["consumer", "id"], name="request_consumer_idx"),
         ]
 
     def __str__(self):
