@@ -35,6 +35,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from batchmon.api import CONSUMER_AUTHENTICATION, ApiKeyAuthentication, ConsumerRateThrottle, IsConsumer, error_response
+from jobs.api_schemas import ErrorResponse
 from jobs.models import AIRequest, JobType
 from jobs.submission import CUSTOM_ID_MAX, SubmissionRejected, iter_jsonl, submit_lines
 
@@ -222,20 +223,7 @@ def envelope(name, data):
     return inline_serializer(name, {"success": serializers.BooleanField(help_text="Always true."), "data": data})
 
 
-ErrorSerializer = inline_serializer(
-    "ConsumerError",
-    {
-        "success": serializers.BooleanField(help_text="Always false."),
-        "error": inline_serializer(
-            "ConsumerErrorBody",
-            {
-                "code": serializers.CharField(help_text="Stable machine-readable code: invalid, not_found, throttled, …"),
-                "message": serializers.CharField(),
-                "details": serializers.DictField(help_text="For `invalid`: field → reasons, or `lines` for bad submission lines."),
-            },
-        ),
-    },
-)
+ErrorSerializer = ErrorResponse  # the one error shape of every API
 
 
 # --- views ----------------------------------------------------------------------------------

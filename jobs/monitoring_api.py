@@ -5,10 +5,11 @@ jobs.stats, state changes from jobs.actions. Every call, refused ones included, 
 AuditEvent `batch_monitoring_access`.
 """
 
+from datetime import timedelta
+
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
@@ -19,6 +20,7 @@ from alerts.models import AlertRule
 from batchmon.api import STAFF_AUTHENTICATION, AdminRateThrottle, Conflict, IsStaff
 from batchmon.models import AuditEvent
 from jobs import actions, stats
+from jobs import api_schemas as schemas
 from jobs.models import BatchJob, Consumer, JobType
 
 
@@ -95,6 +97,9 @@ class MonitoringParams(serializers.Serializer):
     page = serializers.IntegerField(min_value=1, default=1)
     limit = serializers.IntegerField(min_value=1, max_value=100, default=50)
     interval = SpanField(units="mhd", required=False, help_text="Bucket size of data.historical (e.g. 5m, 1h, 1d); chosen from the range if absent.")
+    offset = SpanField(
+        units="mhd", required=False, help_text="Shift the window back (e.g. offset=24h with timeRange=24h is the day before): for change-versus-previous-period."
+    )
 
     def validate(self, attrs):
         interval = attrs.get("interval")
@@ -114,15 +119,34 @@ def validated(serializer_class, request):
     return params.validated_data
 
 
-ERROR_SCHEMA = inline_serializer(
-    "Error",
-    {
-        "success": serializers.BooleanField(default=False),
-        "error": inline_serializer("ErrorBody", {"code": serializers.CharField(), "message": serializers.CharField(), "details": serializers.JSONField()}),
-    },
-)
-ERRORS = {400: ERROR_SCHEMA, 401: ERROR_SCHEMA, 403: ERROR_SCHEMA, 429: ERROR_SCHEMA}
+ERROR_SCHEMA = schemas.ErrorResponse
+ERRORS = schemas.STAFF_ERRORS  # 401, 403, 429: every staff endpoint; 400/404/409 are added where they apply
 
+JOB_EXAMPLE = {
+    "id": "123",
+    "batchId": "batch_abc123",
+    "status": "completed",
+    "jobType": "ai_analysis",
+    "model": "gpt-4o-mini",
+    "requestCount": 100,
+    "completedCount": 98,
+    "failedCount": 2,
+    "createdAt": "2024-01-01T10:00:00Z",
+    "startedAt": "2024-01-01T10:05:00Z",
+    "completedAt": "2024-01-01T10:35:00Z",
+    "processingTimeMs": 1800000,
+    "costEstimate": 12.5,
+    "retryOf": None,
+    "resultsApplied": True,
+    "canRetry": True,
+    "canCancel": False,
+}
+JOB_DETAILS_EXAMPLE = {
+    "errorSummary": [{"error": "token_limit_exceeded", "count": 2, "percentage": 2.0}],
+    "consumers": [
+        {"consumer": "acme", "requestCount": 100, "completedCount": 98, "failedCount": 2, "cancelledCount": 0, "cost": 12.5, "savings": 12.5}
+    ],
+}
 MONITORING_EXAMPLE = {
     "success": True,
     "data": {
@@ -132,33 +156,97 @@ MONITORING_EXAMPLE = {
             "failedJobs": 8,
             "pendingJobs": 6,
             "totalRequests": 15600,
-            "processedRequests": 14200,
-            "costSavings": {"currentPeriod": 234.56, "projectedMonthly": 7038.45, "savingsPercentage": 50.0},
+            "processedRequests": 15000,
+            "costSavings": {"currentPeriod": 234.56, "projectedMonthly": 7036.8, "savingsPercentage": 50.0},
             "averageProcessingTime": 1800000,
             "successRate": 95.2,
         },
-        "queues": {"pending": 12, "processing": 3, "completed": 142, "failed": 8},
+        "queues": {"pending": 4, "processing": 2, "completed": 142, "failed": 8},
         "performance": {
-            "throughput": {"requestsPerHour": 650, "jobsPerHour": 6.5, "averageBatchSize": 100},
+            "throughput": {"requestsPerHour": 625.0, "jobsPerHour": 6.25, "averageBatchSize": 100.0},
             "efficiency": {"batchUtilization": 10.0, "processingEfficiency": 92.1, "errorRate": 4.8},
         },
-        "jobs": [
+        "costs": {"batch": 234.56, "standard": 469.12, "savings": 234.56},
+        "historical": {
+            "interval": 3600,
+            "buckets": [
+                {
+                    "start": "2024-01-01T10:00:00Z",
+                    "end": "2024-01-01T11:00:00Z",
+                    "jobsFinished": 6,
+                    "requestsSucceeded": 590,
+                    "requestsFailed": 10,
+                    "cost": 9.75,
+                    "savings": 9.75,
+                }
+            ],
+        },
+        "jobs": [{**JOB_EXAMPLE, **JOB_DETAILS_EXAMPLE}],
+        "pagination": {"page": 1, "limit": 50, "total": 156, "pages": 4},
+        "range": {"from": "2024-01-01T10:00:00Z", "to": "2024-01-02T10:00:00Z"},
+    },
+}
+JOB_DETAIL_EXAMPLE = {
+    "success": True,
+    "data": {
+        **JOB_EXAMPLE,
+        **JOB_DETAILS_EXAMPLE,
+        "transitions": [
+            {"from": None, "to": "pending", "at": "2024-01-01T10:00:00Z", "reason": "packed 100 requests", "by": None},
+            {"from": "pending", "to": "validating", "at": "2024-01-01T10:01:00Z", "reason": "submitted as batch_abc123", "by": None},
+            {"from": "validating", "to": "in_progress", "at": "2024-01-01T10:05:00Z", "reason": "provider status", "by": None},
+            {"from": "in_progress", "to": "completed", "at": "2024-01-01T10:35:00Z", "reason": "provider status", "by": None},
+        ],
+        "providerErrors": [],
+        "lastProviderError": None,
+        "failedRequests": [
             {
-                "id": "123",
-                "batchId": "batch_abc123",
-                "status": "completed",
-                "jobType": "ai_analysis",
-                "requestCount": 100,
-                "completedCount": 98,
-                "failedCount": 2,
-                "createdAt": "2024-01-01T10:00:00Z",
-                "startedAt": "2024-01-01T10:05:00Z",
-                "completedAt": "2024-01-01T10:35:00Z",
-                "processingTimeMs": 1800000,
-                "costEstimate": 12.5,
-                "errorSummary": [{"error": "token_limit_exceeded", "count": 2, "percentage": 2.0}],
+                "id": 9001,
+                "customId": "ticket-17",
+                "consumer": "acme",
+                "status": "failed",
+                "errorCode": "token_limit_exceeded",
+                "errorMessage": "The request is over the model's context length.",
+                "attempts": 1,
             }
         ],
+        "failedRequestsPagination": {"page": 1, "limit": 50, "total": 2, "pages": 1},
+    },
+}
+RETRY_EXAMPLE = {"success": True, "data": {"jobId": "12", "retryJobId": "40", "requeued": 7}}
+CANCEL_EXAMPLE = {"success": True, "data": {"jobId": "12", "status": "cancelling", "cancelRequestedAt": "2026-01-01T10:00:00Z"}}
+ALERT_RULES_EXAMPLE = [
+    {"name": name, "metric": metric, "comparison": comparison, "threshold": threshold, "severity": severity,
+     "notification": notification, "suppressionMinutes": 0, "channels": ["email"], "enabled": True}
+    for name, metric, comparison, threshold, severity, notification in [
+        ("batchFailure", "batch_failures", "gte", 1.0, "critical", "immediate"),
+        ("highErrorRate", "error_rate", "gt", 10.0, "high", "immediate"),
+        ("longProcessingTime", "processing_time", "gt", 3600.0, "medium", "hourly"),
+        ("lowThroughput", "throughput", "lt", 0.5, "medium", "daily"),
+    ]
+]
+ALERT_CONFIG_RESPONSE_EXAMPLE = {
+    "success": True,
+    "data": {"errorRateThreshold": 10.0, "processingTimeThreshold": 3600.0, "notificationChannels": ["email"], "alertSuppression": 0,
+             "rules": ALERT_RULES_EXAMPLE},
+}
+ALERT_CONFIG_UPDATED_EXAMPLE = {  # after the ALERT_CONFIG_EXAMPLE body: channels and suppression go to every default rule
+    "success": True,
+    "data": {"errorRateThreshold": 10.0, "processingTimeThreshold": 3600.0, "notificationChannels": ["email", "webhook"], "alertSuppression": 30,
+             "rules": [{**rule, "channels": ["email", "webhook"], "suppressionMinutes": 30} for rule in ALERT_RULES_EXAMPLE]},
+}
+AUDIT_LOG_EXAMPLE = {
+    "success": True,
+    "data": {
+        "results": [
+            {"id": 812, "at": "2026-01-01T10:00:00.123456Z", "actor": "admin", "action": "batch_monitoring_access", "outcome": "success",
+             "target_type": "", "target_id": "", "ip": "10.0.0.7",
+             "details": {"method": "GET", "path": "/api/admin/batch-monitoring", "params": {"timeRange": "7d"}, "status": 200}},
+            {"id": 811, "at": "2026-01-01T09:58:12.000000Z", "actor": "admin", "action": "batch_retry", "outcome": "success",
+             "target_type": "batchjob", "target_id": "12", "ip": "10.0.0.7", "details": {"new_job": 40, "requests": 7}},
+        ],
+        "next": "https://batchmon.example/api/admin/audit-log?cursor=cD0yMDI2LTAxLTAx",
+        "previous": None,
     },
 }
 
@@ -167,15 +255,23 @@ class BatchMonitoringView(AuditedStaffView):
     @extend_schema(
         operation_id="batch_monitoring",
         summary="Batch processing figures, queues, performance, history and the job table",
-        description="Seed 000's monitoring contract. Every figure's definition is in the README (API section).",
+        description=(
+            "Seed 000's monitoring contract. Jobs \"in the range\" were created in [range.from, range.to); outcomes \"in the range\" "
+            "belong to jobs that ended (finished_at) in it. Each figure's definition is in its field description (the same as "
+            "jobs.stats and the README's API section)."
+        ),
         parameters=[MonitoringParams],
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-        examples=[OpenApiExample("24 hours", value=MONITORING_EXAMPLE, response_only=True)],
+        responses={
+            200: schemas.MonitoringResponse,
+            400: schemas.invalid("timeRange: expected <n>h or <n>d, such as 1h, 24h, 7d or 30d", "timeRange", "expected <n>h or <n>d, such as 1h, 24h, 7d or 30d"),
+            **ERRORS,
+        },
+        examples=[OpenApiExample("24 hours, includeDetails", value=MONITORING_EXAMPLE, response_only=True, status_codes=["200"])],
         tags=["monitoring"],
     )
     def get(self, request):
         p = validated(MonitoringParams, request)
-        until = timezone.now()
+        until = timezone.now() - p.get("offset", timedelta(0))
         data = stats.report(
             until - p["timeRange"],
             until,
@@ -194,8 +290,14 @@ class JobDetailView(AuditedStaffView):
     @extend_schema(
         operation_id="batch_monitoring_job",
         summary="One batch job: transitions, error summary, consumers and a page of its failed requests",
-        parameters=[PageParams],
-        responses={200: OpenApiTypes.OBJECT, 404: ERROR_SCHEMA, **ERRORS},
+        parameters=[OpenApiParameter("pk", int, OpenApiParameter.PATH, description="The job id."), PageParams],
+        responses={
+            200: schemas.JobDetailResponse,
+            400: schemas.invalid("limit: Ensure this value is less than or equal to 100.", "limit", "Ensure this value is less than or equal to 100."),
+            404: schemas.NOT_FOUND,
+            **ERRORS,
+        },
+        examples=[OpenApiExample("completed job", value=JOB_DETAIL_EXAMPLE, response_only=True, status_codes=["200"])],
         tags=["monitoring"],
     )
     def get(self, request, pk):
@@ -208,14 +310,15 @@ class JobRetryView(AuditedStaffView):
     @extend_schema(
         operation_id="batch_monitoring_retry",
         summary="Send the job's retryable failed and cancelled requests again, in a new job",
+        parameters=[OpenApiParameter("pk", int, OpenApiParameter.PATH, description="The job to retry.")],
         request=None,
         responses={
-            200: inline_serializer("RetryResult", {"success": serializers.BooleanField(), "data": inline_serializer("RetryData", {"jobId": serializers.CharField(), "retryJobId": serializers.CharField(), "requeued": serializers.IntegerField()})}),
-            404: ERROR_SCHEMA,
-            409: ERROR_SCHEMA,
+            200: schemas.RetryResponse,
+            404: schemas.NOT_FOUND,
+            409: schemas.conflict("job 12 has no retryable failed requests"),
             **ERRORS,
         },
-        examples=[OpenApiExample("retried", value={"success": True, "data": {"jobId": "12", "retryJobId": "40", "requeued": 7}}, response_only=True)],
+        examples=[OpenApiExample("retried", value=RETRY_EXAMPLE, response_only=True, status_codes=["200"])],
         tags=["monitoring"],
     )
     def post(self, request, pk):
@@ -231,14 +334,15 @@ class JobCancelView(AuditedStaffView):
     @extend_schema(
         operation_id="batch_monitoring_cancel",
         summary="Cancel the job at the provider; lines already done are still applied",
+        parameters=[OpenApiParameter("pk", int, OpenApiParameter.PATH, description="The job to cancel.")],
         request=None,
         responses={
-            202: inline_serializer("CancelResult", {"success": serializers.BooleanField(), "data": inline_serializer("CancelData", {"jobId": serializers.CharField(), "status": serializers.CharField(), "cancelRequestedAt": serializers.DateTimeField()})}),
-            404: ERROR_SCHEMA,
-            409: ERROR_SCHEMA,
+            202: schemas.CancelResponse,
+            404: schemas.NOT_FOUND,
+            409: schemas.conflict("job 12 is completed: only pending or running jobs can be cancelled"),
             **ERRORS,
         },
-        examples=[OpenApiExample("requested", value={"success": True, "data": {"jobId": "12", "status": "cancelling", "cancelRequestedAt": "2026-01-01T10:00:00Z"}}, response_only=True)],
+        examples=[OpenApiExample("requested", value=CANCEL_EXAMPLE, response_only=True, status_codes=["202"])],
         tags=["monitoring"],
     )
     def post(self, request, pk):
@@ -270,7 +374,11 @@ ALERT_CONFIG_EXAMPLE = {"errorRateThreshold": 10, "processingTimeThreshold": 360
 
 class AlertConfigView(AuditedStaffView):
     @extend_schema(
-        operation_id="alert_config_get", summary="The alert configuration", responses={200: OpenApiTypes.OBJECT, **ERRORS}, tags=["monitoring"]
+        operation_id="alert_config_get",
+        summary="The alert configuration",
+        responses={200: schemas.AlertConfigResponse, **ERRORS},
+        examples=[OpenApiExample("defaults", value=ALERT_CONFIG_RESPONSE_EXAMPLE, response_only=True, status_codes=["200"])],
+        tags=["monitoring"],
     )
     def get(self, request):
         return ok(alert_configuration())
@@ -279,8 +387,17 @@ class AlertConfigView(AuditedStaffView):
         operation_id="alert_config_update",
         summary="Change the default alerts' thresholds, channels and suppression (seed 000's body)",
         request=AlertConfigSerializer,
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-        examples=[OpenApiExample("update", value=ALERT_CONFIG_EXAMPLE, request_only=True)],
+        responses={
+            200: schemas.AlertConfigResponse,
+            400: schemas.invalid(
+                "errorRateThreshold: Ensure this value is less than or equal to 100.", "errorRateThreshold", "Ensure this value is less than or equal to 100."
+            ),
+            **ERRORS,
+        },
+        examples=[
+            OpenApiExample("update", value=ALERT_CONFIG_EXAMPLE, request_only=True),
+            OpenApiExample("updated", value=ALERT_CONFIG_UPDATED_EXAMPLE, response_only=True, status_codes=["200"]),
+        ],
         tags=["monitoring"],
     )
     def post(self, request):
@@ -290,6 +407,8 @@ class AlertConfigView(AuditedStaffView):
 
 
 class AuditParams(serializers.Serializer):
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=50, help_text="Events per page (at most 100).")
+    cursor = serializers.CharField(required=False, help_text="Opaque position from a previous page's next/previous link.")
     action = serializers.ChoiceField(choices=AuditEvent.Action.values, required=False)
     outcome = serializers.ChoiceField(choices=AuditEvent.Outcome.values, required=False)
     actor = serializers.CharField(required=False, help_text="Username.")
@@ -316,8 +435,13 @@ class AuditLogView(AuditedStaffView):
     @extend_schema(
         operation_id="audit_log",
         summary="The audit log: staff actions and monitoring accesses, newest first",
-        parameters=[AuditParams, OpenApiParameter("cursor", str), OpenApiParameter("limit", int)],
-        responses={200: AuditEventSerializer(many=True), **ERRORS},
+        parameters=[AuditParams],
+        responses={
+            200: schemas.AuditLogResponse,
+            400: schemas.invalid('action: "nope" is not a valid choice.', "action", '"nope" is not a valid choice.'),
+            **ERRORS,
+        },
+        examples=[OpenApiExample("a page", value=AUDIT_LOG_EXAMPLE, response_only=True, status_codes=["200"])],
         tags=["monitoring"],
     )
     def get(self, request):

@@ -290,7 +290,7 @@ def job_row(job, mean_cost, details, consumers=()):
         "createdAt": _iso(job["created_at"]),
         "startedAt": _iso(job["in_progress_at"]),
         "completedAt": _iso(job["finished_at"]),
-        "processingTimeMs": round(processing.total_seconds() * 1000) if processing else None,
+        "processingTimeMs": round(processing.total_seconds() * 1000) if processing is not None else None,
         "costEstimate": _usd(estimate),
         "retryOf": str(job["retry_of_id"]) if job["retry_of_id"] else None,
         "resultsApplied": job["results_applied_at"] is not None,

@@ -138,6 +138,9 @@ def test_filters_and_paging(staff, jobs, job_type, make_consumer):
     page = get(staff, limit=2, page=2).json()["data"]
     assert page["pagination"] == {"page": 2, "limit": 2, "total": 5, "pages": 3} and len(page["jobs"]) == 2
     assert get(staff, timeRange="7d").json()["data"]["summary"]["totalJobs"] == 6
+    previous_day = get(staff, timeRange="24h", offset="24h").json()["data"]
+    assert previous_day["summary"]["totalJobs"] == 0 and previous_day["range"]["to"] == (NOW - timedelta(hours=24)).isoformat().replace("+00:00", "Z")
+    assert get(staff, timeRange="4d", offset="1d").json()["data"]["summary"]["totalJobs"] == 1
 
 
 @pytest.mark.parametrize(
@@ -279,4 +282,5 @@ def test_audit_log_lists_and_filters(staff, jobs):
     rows = response.json()["data"]["results"]
     assert response.status_code == 200 and len(rows) == 1 and rows[0]["details"]["status"] == 400
     assert staff.get(reverse("audit-log"), {"action": "nope"}).status_code == 400
+    assert staff.get(reverse("audit-log"), {"limit": "500"}).status_code == 400
     assert APIClient().get(reverse("audit-log")).status_code == 401
