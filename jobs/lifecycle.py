@@ -16,18 +16,18 @@ crash between two steps is repaired by running the steps again:
 """
 
 import itertools
-from collections import defaultdict
 import json
 import logging
 import tempfile
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, F, Min, Q
 from django.utils import timezone as djtz
 
+from jobs import rollups
 from jobs.models import RETRYABLE_ERROR_CODES, AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobType, ModelPrice
 from jobs.providers.openai_batch import ProviderFault, get_provider
 
@@ -485,9 +485,10 @@ def add_to_counters(job_id, deltas, **job_fields):
 
 
 def record_consumer_counts(job):
-    """One counter row per consumer with requests in a freshly packed job."""
-    rows = job.requests.values("consumer").annotate(n=Count("id")).values_list("consumer", "n")
-    BatchJobConsumer.objects.bulk_create([BatchJobConsumer(job=job, consumer_id=c, request_count=n) for c, n in rows])
+    """One counter row per consumer with requests in a freshly packed job, and its creation-hour rollup."""
+    lines = dict(job.requests.values("consumer").annotate(n=Count("id")).values_list("consumer", "n"))
+    BatchJobConsumer.objects.bulk_create([BatchJobConsumer(job=job, consumer_id=c, request_count=n) for c, n in lines.items()])
+    rollups.record_job_created(job, lines)
 
 
 def _per_consumer(queryset):
@@ -613,6 +614,7 @@ def release_unanswered(job, now):
                 status=AIRequest.Status.FAILED, error_code=code, error_message=message, applied_at=applied, **common,
             )
         add_to_counters(job.pk, deltas, error_summary=summary, results_applied_at=applied, lease_until=None, provider_fault_count=0)
+        rollups.record_job_applied(job.pk)
 
 
 # --- one pass, by hand or by the scheduler ----------------------------------------------

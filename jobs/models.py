@@ -359,3 +359,36 @@ class BatchJobConsumer(models.Model):
 
     def __str__(self):
         return f"job {self.job_id} / {self.consumer_id}"
+
+
+class JobHourStats(models.Model):
+    """Hourly sums of batch-job figures, written once per job, so a 30-day figure reads a few
+    hundred rows instead of every job. `created` rows are bucketed by the job's creation hour,
+    `ended` rows by the hour the provider ended it; consumer_key 0 is all consumers together."""
+
+    class Kind(models.TextChoices):
+        CREATED = "created"
+        ENDED = "ended"
+
+    kind = models.CharField(max_length=7, choices=Kind.choices)
+    hour = models.DateTimeField()
+    job_type = models.ForeignKey(JobType, on_delete=models.CASCADE, related_name="+")
+    consumer_key = models.PositiveBigIntegerField(default=0, help_text="Consumer id, or 0 for all consumers.")
+    jobs = models.PositiveIntegerField(default=0)
+    completed_jobs = models.PositiveIntegerField(default=0)
+    failed_jobs = models.PositiveIntegerField(default=0, help_text="failed + expired + cancelled")
+    request_count = models.PositiveBigIntegerField(default=0)
+    succeeded_count = models.PositiveBigIntegerField(default=0)
+    failed_count = models.PositiveBigIntegerField(default=0)
+    requeued_count = models.PositiveBigIntegerField(default=0)
+    cost_batch = USDField(default=Decimal(0))
+    cost_standard = USDField(default=Decimal(0))
+    processing_ms = models.PositiveBigIntegerField(default=0, help_text="Sum of processing times of jobs with one.")
+    processing_jobs = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "hour", "job_type", "consumer_key"], name="job_hour_stats_unique")]
+        indexes = [models.Index(fields=["kind", "consumer_key", "hour"], name="job_hour_stats_idx")]
+
+    def __str__(self):
+        return f"{self.kind} {self.hour:%Y-%m-%d %H}:00 {self.job_type_id}/{self.consumer_key}"

@@ -31,14 +31,16 @@ Definitions (also in the README's API section):
 """
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, FloatField, Func, Q, Sum
+from django.db.models import Count, DurationField, ExpressionWrapper, F, FloatField, Func, Q, Sum
 from django.db.models.functions import Coalesce, Floor
 
-from jobs.models import AIRequest, BatchJob, BatchJobConsumer, BatchTransition, USDField
+from jobs.models import AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobHourStats, USDField
+from jobs.rollups import ALL_CONSUMERS, hour_of
 
 S = BatchJob.Status
 FAILED_STATES = (S.FAILED, S.EXPIRED, S.CANCELLED)
@@ -98,26 +100,35 @@ class Epoch(Func):
 
 
 class Scope:
-    """Which rows the figures read: jobs, or one consumer's share of each job."""
+    """Which rows the figures read: all jobs or one job type, all consumers or one consumer's share."""
 
     def __init__(self, job_type=None, consumer=None):
+        self.job_type, self.consumer = job_type, consumer
         if consumer is not None:
             self.rows, self.j = BatchJobConsumer.objects.filter(consumer=consumer), "job__"
         else:
             self.rows, self.j = BatchJob.objects.all(), ""
         if job_type is not None:
             self.rows = self.rows.filter(**{f"{self.j}job_type": job_type})
-        self.job_type, self.consumer = job_type, consumer
 
     def f(self, name):
         """A job column, seen from the scope's rows."""
         return f"{self.j}{name}"
 
-    def created(self, since, until):
-        return self.rows.filter(**{self.f("created_at__gte"): since, self.f("created_at__lt"): until})
+    def hours(self, kind, first, last):
+        """Rollup rows of whole hours [first, last)."""
+        rows = JobHourStats.objects.filter(kind=kind, consumer_key=self.consumer.pk if self.consumer else ALL_CONSUMERS)
+        if self.job_type is not None:
+            rows = rows.filter(job_type=self.job_type)
+        return rows.filter(hour__gte=first, hour__lt=last)
 
-    def ended(self, since, until):
-        return self.rows.filter(**{self.f("finished_at__gte"): since, self.f("finished_at__lt"): until})
+    def raw(self, column, spans, applied_only=False):
+        """Job rows (or consumer shares) whose `column` falls in any of the spans."""
+        condition = Q(pk__in=[])
+        for start, end in spans:
+            condition |= Q(**{self.f(f"{column}__gte"): start, self.f(f"{column}__lt"): end})
+        rows = self.rows.filter(condition)
+        return rows.filter(**{self.f("results_applied_at__isnull"): False}) if applied_only else rows
 
     def jobs(self):
         jobs = BatchJob.objects.all()
@@ -128,50 +139,124 @@ class Scope:
         return jobs
 
 
+def split(since, until):
+    """The window as whole hours (read from rollups) and the edges around them (read from jobs)."""
+    first = hour_of(since) + (timedelta(hours=1) if hour_of(since) != since else timedelta(0))
+    last = hour_of(until)
+    if first >= last:
+        return None, [(since, until)]
+    return (first, last), [(a, b) for a, b in ((since, first), (last, until)) if a < b]
+
+
 def _usd_sum(name):
     return Coalesce(Sum(name), 0, output_field=USDField())
 
 
-def figures(since, until, scope):
-    """summary, queues, performance (three aggregate queries)."""
+def _int_sum(expression):
+    return Coalesce(Sum(expression), 0)
+
+
+OUTCOME_KEYS = ("jobs", "completed", "failed", "succeeded", "failed_lines", "requeued", "cost_batch", "cost_standard", "processing_ms", "processing_jobs")
+
+
+def _ended_by_job_type(since, until, scope):
+    """Outcomes of jobs applied and ended in the window, per job type: rollup hours plus edge jobs (two queries)."""
+    totals = {}
+
+    def add(job_type_id, values):
+        row = totals.setdefault(job_type_id, dict.fromkeys(OUTCOME_KEYS, 0))
+        for key in OUTCOME_KEYS:
+            row[key] += values[key] or 0
+
+    hours, edges = split(since, until)
+    if hours:
+        for row in (
+            scope.hours(JobHourStats.Kind.ENDED, *hours)
+            .values("job_type_id")
+            .annotate(
+                jobs=_int_sum("jobs"),
+                completed=_int_sum("completed_jobs"),
+                failed=_int_sum("failed_jobs"),
+                succeeded=_int_sum("succeeded_count"),
+                failed_lines=_int_sum("failed_count"),
+                requeued=_int_sum("requeued_count"),
+                cost_batch=_usd_sum("cost_batch"),
+                cost_standard=_usd_sum("cost_standard"),
+                processing_ms=_int_sum("processing_ms"),
+                processing_jobs=_int_sum("processing_jobs"),
+            )
+        ):
+            add(row["job_type_id"], row)
     status = scope.f("status")
-    created = scope.created(since, until).aggregate(
-        total=Count("id"),
-        completed=Count("id", filter=Q(**{status: S.COMPLETED})),
-        failed=Count("id", filter=Q(**{f"{status}__in": FAILED_STATES})),
-        pending=Count("id", filter=~Q(**{f"{status}__in": BatchJob.TERMINAL})),
-        requests=Coalesce(Sum("request_count"), 0),
-        processed=Coalesce(Sum(F("succeeded_count") + F("failed_count")), 0),
-        batch_size=Avg(scope.f("request_count")),
-    )
     started = Coalesce(scope.f("in_progress_at"), scope.f("provider_created_at"))
-    ended = scope.ended(since, until).aggregate(
+    for row in (
+        scope.raw("finished_at", edges, applied_only=True)
+        .values(scope.f("job_type_id"))
+        .annotate(
+            jobs=Count("id"),
+            completed=Count("id", filter=Q(**{status: S.COMPLETED})),
+            failed=Count("id", filter=~Q(**{status: S.COMPLETED})),
+            succeeded=_int_sum("succeeded_count"),
+            failed_lines=_int_sum("failed_count"),
+            requeued=_int_sum("requeued_count"),
+            cost_batch=_usd_sum("cost_batch"),
+            cost_standard=_usd_sum("cost_standard"),
+            processing=Sum(ExpressionWrapper(F(scope.f("finished_at")) - started, output_field=DurationField())),
+            processing_jobs=Count("id", filter=Q(**{f"{scope.f('in_progress_at')}__isnull": False}) | Q(**{f"{scope.f('provider_created_at')}__isnull": False})),
+        )
+    ):
+        processing = row.pop("processing")
+        row["processing_ms"] = round(processing.total_seconds() * 1000) if processing else 0
+        add(row[scope.f("job_type_id")], row)
+    return totals
+
+
+def _created(since, until, scope):
+    """Jobs created in the window: rollup hours plus edge jobs (two queries)."""
+    hours, edges = split(since, until)
+    totals = {"jobs": 0, "completed": 0, "failed": 0, "requests": 0, "processed": 0}
+    if hours:
+        row = scope.hours(JobHourStats.Kind.CREATED, *hours).aggregate(
+            jobs=_int_sum("jobs"),
+            completed=_int_sum("completed_jobs"),
+            failed=_int_sum("failed_jobs"),
+            requests=_int_sum("request_count"),
+            processed=_int_sum(F("succeeded_count") + F("failed_count")),
+        )
+        totals = {key: totals[key] + row[key] for key in totals}
+    applied = Q(**{f"{scope.f('results_applied_at')}__isnull": False})
+    row = scope.raw("created_at", edges).aggregate(
         jobs=Count("id"),
-        completed=Count("id", filter=Q(**{status: S.COMPLETED})),
-        failed=Count("id", filter=Q(**{f"{status}__in": FAILED_STATES})),
-        succeeded_lines=Coalesce(Sum("succeeded_count"), 0),
-        failed_lines=Coalesce(Sum("failed_count"), 0),
-        requeued_lines=Coalesce(Sum("requeued_count"), 0),
-        cost_batch=_usd_sum("cost_batch"),
-        cost_standard=_usd_sum("cost_standard"),
-        processing=Avg(ExpressionWrapper(F(scope.f("finished_at")) - started, output_field=DurationField())),
+        completed=Count("id", filter=applied & Q(**{scope.f("status"): S.COMPLETED})),
+        failed=Count("id", filter=applied & ~Q(**{scope.f("status"): S.COMPLETED})),
+        requests=_int_sum("request_count"),
+        processed=_int_sum(F("succeeded_count") + F("failed_count")),
     )
-    queues = scope.rows.aggregate(
-        pending=Count("id", filter=Q(**{f"{status}__in": PENDING_QUEUE})),
-        processing=Count("id", filter=Q(**{f"{status}__in": PROCESSING_QUEUE})),
+    return {key: totals[key] + row[key] for key in totals}
+
+
+def figures(since, until, scope, by_type=None):
+    """summary, queues, performance and costs (five queries whatever the number of jobs)."""
+    created = _created(since, until, scope)
+    by_type = _ended_by_job_type(since, until, scope) if by_type is None else by_type
+    ended = {key: sum(row[key] for row in by_type.values()) for key in OUTCOME_KEYS}
+    queue_rows = dict(
+        scope.rows.filter(**{f"{scope.f('status')}__in": PENDING_QUEUE + PROCESSING_QUEUE})
+        .values_list(scope.f("status"))
+        .annotate(n=Count("id"))
+        .values_list(scope.f("status"), "n")
     )
     hours = max((until - since).total_seconds() / 3600, 1e-9)
-    outcomes = ended["succeeded_lines"] + ended["failed_lines"]
-    attempted = outcomes + ended["requeued_lines"]
+    outcomes = ended["succeeded"] + ended["failed_lines"]
+    attempted = outcomes + ended["requeued"]
     savings = ended["cost_standard"] - ended["cost_batch"]
-    processing = ended["processing"]
-    batch_size = float(created["batch_size"] or 0)
+    batch_size = created["requests"] / created["jobs"] if created["jobs"] else 0.0
     return {
         "summary": {
-            "totalJobs": created["total"],
+            "totalJobs": created["jobs"],
             "completedJobs": created["completed"],
             "failedJobs": created["failed"],
-            "pendingJobs": created["pending"],
+            "pendingJobs": created["jobs"] - created["completed"] - created["failed"],
             "totalRequests": created["requests"],
             "processedRequests": created["processed"],
             "costSavings": {
@@ -179,12 +264,12 @@ def figures(since, until, scope):
                 "projectedMonthly": _usd(savings / Decimal(hours) * 720),
                 "savingsPercentage": _pct(savings, ended["cost_standard"]),
             },
-            "averageProcessingTime": round(processing.total_seconds() * 1000) if processing else 0,
-            "successRate": _pct(ended["succeeded_lines"], outcomes),
+            "averageProcessingTime": round(ended["processing_ms"] / ended["processing_jobs"]) if ended["processing_jobs"] else 0,
+            "successRate": _pct(ended["succeeded"], outcomes),
         },
         "queues": {
-            "pending": queues["pending"],
-            "processing": queues["processing"],
+            "pending": sum(queue_rows.get(s, 0) for s in PENDING_QUEUE),
+            "processing": sum(queue_rows.get(s, 0) for s in PROCESSING_QUEUE),
             "completed": ended["completed"],
             "failed": ended["failed"],
         },
@@ -196,7 +281,7 @@ def figures(since, until, scope):
             },
             "efficiency": {
                 "batchUtilization": _pct(batch_size, settings.BATCH_MAX_REQUESTS),
-                "processingEfficiency": _pct(ended["succeeded_lines"], attempted),
+                "processingEfficiency": _pct(ended["succeeded"], attempted),
                 "errorRate": _pct(ended["failed_lines"], outcomes),
             },
         },
@@ -205,43 +290,54 @@ def figures(since, until, scope):
 
 
 def historical(since, until, interval, scope):
-    """Per-interval buckets of jobs that ended: counts, cost and savings (one grouped query)."""
-    step = interval.total_seconds()
-    buckets = int(-(-(until - since).total_seconds() // step))
-    if buckets > MAX_BUCKETS:
-        raise ValueError(f"{buckets} buckets: choose a longer interval (at most {MAX_BUCKETS} buckets)")
-    index = Floor((Epoch(scope.f("finished_at")) - since.timestamp()) / step)
-    rows = (
-        scope.ended(since, until)
-        .annotate(bucket=index)
+    """Buckets on the UTC grid of the interval (the first and last clipped to the window): jobs
+    that ended, their lines, cost and savings. Whole hours come from rollups when the interval is
+    a whole number of hours; everything else from jobs (two queries)."""
+    step = int(interval.total_seconds())
+    first = int(since.timestamp()) // step
+    last = -(-int(until.timestamp()) // step)
+    if last - first > MAX_BUCKETS:
+        raise ValueError(f"{last - first} buckets: choose a longer interval (at most {MAX_BUCKETS} buckets)")
+    sums = {}
+
+    def add(bucket, jobs, succeeded, failed, cost_batch, cost_standard):
+        row = sums.setdefault(int(bucket), [0, 0, 0, ZERO, ZERO])
+        for i, value in enumerate((jobs, succeeded, failed, cost_batch, cost_standard)):
+            row[i] += value or 0
+
+    hours, edges = split(since, until) if step % 3600 == 0 else (None, [(since, until)])
+    if hours:
+        for row in (
+            scope.hours(JobHourStats.Kind.ENDED, *hours)
+            .annotate(bucket=Floor(Epoch("hour") / step))
+            .values("bucket")
+            .annotate(j=_int_sum("jobs"), s=_int_sum("succeeded_count"), f=_int_sum("failed_count"), b=_usd_sum("cost_batch"), c=_usd_sum("cost_standard"))
+        ):
+            add(row["bucket"], row["j"], row["s"], row["f"], row["b"], row["c"])
+    for row in (
+        scope.raw("finished_at", edges, applied_only=True)
+        .annotate(bucket=Floor(Epoch(scope.f("finished_at")) / step))
         .values("bucket")
-        .annotate(
-            jobs=Count("id"),
-            succeeded=Coalesce(Sum("succeeded_count"), 0),
-            failed=Coalesce(Sum("failed_count"), 0),
-            cost_batch=_usd_sum("cost_batch"),
-            cost_standard=_usd_sum("cost_standard"),
-        )
-        .order_by("bucket")
-    )
-    by_bucket = {int(row["bucket"]): row for row in rows}
+        .annotate(j=Count("id"), s=_int_sum("succeeded_count"), f=_int_sum("failed_count"), b=_usd_sum("cost_batch"), c=_usd_sum("cost_standard"))
+    ):
+        add(row["bucket"], row["j"], row["s"], row["f"], row["b"], row["c"])
     series = []
-    for i in range(buckets):
-        row = by_bucket.get(i, {})
-        start = since + interval * i
-        batch, standard = row.get("cost_batch", ZERO), row.get("cost_standard", ZERO)
+    for bucket in range(first, last):
+        jobs, succeeded, failed, batch, standard = sums.get(bucket, (0, 0, 0, ZERO, ZERO))
+        start = max(datetime.fromtimestamp(bucket * step, tz=dt_timezone.utc), since)
+        end = min(datetime.fromtimestamp((bucket + 1) * step, tz=dt_timezone.utc), until)
         series.append(
             {
                 "start": _iso(start),
-                "end": _iso(min(start + interval, until)),
-                "jobsFinished": row.get("jobs", 0),
-                "requestsSucceeded": row.get("succeeded", 0),
-                "requestsFailed": row.get("failed", 0),
+                "end": _iso(end),
+                "jobsFinished": jobs,
+                "requestsSucceeded": succeeded,
+                "requestsFailed": failed,
                 "cost": _usd(batch),
                 "savings": _usd(standard - batch),
             }
         )
-    return {"interval": int(step), "buckets": series}
+    return {"interval": step, "buckets": series}
 
 
 JOB_FIELDS = (
@@ -303,14 +399,9 @@ def job_row(job, mean_cost, details, consumers=()):
     return row
 
 
-def mean_cost_per_line(job_type_ids, since, until):
-    """Batch cost per succeeded line, per job type, over jobs that ended in the range (one query)."""
-    rows = (
-        BatchJob.objects.filter(job_type_id__in=job_type_ids, finished_at__gte=since, finished_at__lt=until, succeeded_count__gt=0)
-        .values("job_type_id")
-        .annotate(cost=_usd_sum("cost_batch"), n=Sum("succeeded_count"))
-    )
-    return {row["job_type_id"]: row["cost"] / row["n"] for row in rows}
+def mean_cost_per_line(by_type):
+    """Batch cost per succeeded line, per job type, from `_ended_by_job_type`'s answer."""
+    return {jt: row["cost_batch"] / row["succeeded"] for jt, row in by_type.items() if row["succeeded"]}
 
 
 def consumer_breakdown(job_ids):
@@ -334,14 +425,16 @@ def consumer_breakdown(job_ids):
     return out
 
 
-def jobs_page(since, until, scope, status=None, include_details=False, page=1, limit=50):
-    """The job table: jobs created in the range, newest first, one page."""
+def jobs_page(since, until, scope, status=None, include_details=False, page=1, limit=50, total=None, mean_cost=None):
+    """The job table: jobs created in the window, newest first, one page."""
     jobs = scope.jobs().filter(created_at__gte=since, created_at__lt=until)
     if status:
         jobs = jobs.filter(status=status)
-    total = jobs.count()
+    if total is None or status:
+        total = jobs.count()
     rows = list(jobs.order_by("-created_at", "-id").values(*JOB_FIELDS)[(page - 1) * limit : page * limit])
-    mean_cost = mean_cost_per_line({r["job_type_id"] for r in rows}, since, until) if rows else {}
+    if mean_cost is None:
+        mean_cost = mean_cost_per_line(_ended_by_job_type(since, until, Scope(scope.job_type))) if rows else {}
     consumers = consumer_breakdown([r["id"] for r in rows]) if include_details and rows else {}
     return {
         "jobs": [job_row(r, mean_cost, include_details, consumers.get(r["id"], ())) for r in rows],
@@ -352,9 +445,11 @@ def jobs_page(since, until, scope, status=None, include_details=False, page=1, l
 def report(since, until, *, job_type=None, consumer=None, status=None, include_details=False, page=1, limit=50, interval=None):
     """Everything GET /api/admin/batch-monitoring answers, for one window and scope."""
     scope = Scope(job_type, consumer)
-    data = figures(since, until, scope)
+    by_type = _ended_by_job_type(since, until, scope)
+    data = figures(since, until, scope, by_type)
+    mean_cost = mean_cost_per_line(by_type)
     data["historical"] = historical(since, until, interval or default_interval(until - since), scope)
-    data.update(jobs_page(since, until, scope, status, include_details, page, limit))
+    data.update(jobs_page(since, until, scope, status, include_details, page, limit, data["summary"]["totalJobs"], mean_cost))
     data["range"] = {"from": _iso(since), "to": _iso(until)}
     return data
 
@@ -363,7 +458,7 @@ def job_detail(job, page=1, limit=50):
     """One job with its transitions, error summary, consumers and a page of its failed requests."""
     row = BatchJob.objects.filter(pk=job.pk).values(*JOB_FIELDS).get()
     until = job.finished_at or job.created_at
-    mean_cost = mean_cost_per_line([job.job_type_id], until - timedelta(days=30), until + timedelta(seconds=1))
+    mean_cost = mean_cost_per_line(_ended_by_job_type(until - timedelta(days=30), until + timedelta(seconds=1), Scope(job.job_type)))
     data = job_row(row, mean_cost, True, consumer_breakdown([job.pk]).get(job.pk, ()))
     data["transitions"] = [
         {"from": t["from_status"] or None, "to": t["to_status"], "at": _iso(t["at"]), "reason": t["reason"], "by": t["actor__username"]}

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from alerts.models import AlertRule
 from batchmon.api import AdminRateThrottle
 from batchmon.models import AuditEvent
-from jobs import lifecycle
+from jobs import lifecycle, rollups
 from jobs.models import BatchJob, BatchJobConsumer, JobType
 
 pytestmark = pytest.mark.django_db
@@ -49,6 +49,9 @@ def make_job(job_type, consumer, *, status=B.COMPLETED, created_ago=timedelta(ho
         job=job, consumer=consumer, request_count=requests, succeeded_count=succeeded, failed_count=failed, requeued_count=requeued,
         cancelled_count=cancelled, cost_batch=Decimal(cost_batch), cost_standard=Decimal(cost_batch) * 2,
     )
+    rollups.record_job_created(job, {consumer.pk: requests})  # what packing and applying write
+    if ended:
+        rollups.record_job_applied(job.pk)
     return job
 
 
@@ -107,11 +110,15 @@ def test_figures_match_their_definitions(staff, jobs):
 def test_historical_buckets_add_up_to_the_summary(staff, jobs):
     data = get(staff, timeRange="24h").json()["data"]
     buckets = data["historical"]["buckets"]
-    assert data["historical"]["interval"] == 3600 and len(buckets) == 24
+    # on the UTC hour grid: 23 whole hours and the two clipped ends of the window
+    assert data["historical"]["interval"] == 3600 and len(buckets) == (24 if NOW.minute == NOW.second == 0 else 25)
+    assert buckets[0]["start"] == data["range"]["from"] and buckets[-1]["end"] == data["range"]["to"]
+    assert all(b["start"].endswith(":00:00Z") for b in buckets[1:])
     assert sum(b["jobsFinished"] for b in buckets) == 3
     assert sum(b["requestsSucceeded"] for b in buckets) == 230
     assert sum(b["savings"] for b in buckets) == pytest.approx(data["summary"]["costSavings"]["currentPeriod"])
-    assert len(get(staff, timeRange="1h", interval="5m").json()["data"]["historical"]["buckets"]) == 12
+    five_minutes = get(staff, timeRange="1h", interval="5m").json()["data"]["historical"]["buckets"]
+    assert len(five_minutes) in (12, 13) and all(b["start"][14:16] in {f"{m:02d}" for m in range(0, 60, 5)} for b in five_minutes[1:])
 
 
 def test_include_details_adds_error_summary_and_consumers(staff, jobs):
@@ -170,13 +177,14 @@ def test_query_count_does_not_grow_with_jobs(staff, job_type, consumer, django_a
     with time_machine.travel(NOW, tick=False):
         for _ in range(3):
             make_job(job_type, consumer)
-    # 3 figure aggregates, history, count, page, mean cost, consumers, audit insert
-    with django_assert_num_queries(9):
+    # created and ended figures (rollup hours + edge jobs each), queues, history (rollups + edges),
+    # the page, its consumers, the audit insert
+    with django_assert_num_queries(10):
         get(staff, includeDetails="true")
     with time_machine.travel(NOW, tick=False):
         for _ in range(40):
             make_job(job_type, consumer)
-    with django_assert_num_queries(9):
+    with django_assert_num_queries(10):
         get(staff, includeDetails="true")
 
 
@@ -284,3 +292,36 @@ def test_audit_log_lists_and_filters(staff, jobs):
     assert staff.get(reverse("audit-log"), {"action": "nope"}).status_code == 400
     assert staff.get(reverse("audit-log"), {"limit": "500"}).status_code == 400
     assert APIClient().get(reverse("audit-log")).status_code == 401
+
+
+def test_hourly_rollups_agree_with_the_jobs_they_sum(staff, sandbox, submit, settings, make_consumer):
+    """Real runs (line errors, an expired batch, two consumers): every rollup figure equals the jobs' own."""
+    from django.db.models import Sum
+
+    from jobs.models import JobHourStats
+
+    settings.BATCH_MAX_REQUESTS = 40
+    sandbox.configure(line_error_rate=0.2, line_error_codes=["token_limit_exceeded", "server_error"])
+    submit(100)
+    submit(60, consumer=make_consumer("reporting"))
+    start = timezone.now()
+    lifecycle.create_batches(start)
+    sandbox.configure(expire_fraction=0.5)
+    lifecycle.check_batches(start)
+    sandbox.configure(expire_fraction=None)
+    for _ in range(10):
+        lifecycle.run_cycle(timezone.now())
+    counters = ("succeeded_count", "failed_count", "requeued_count", "cost_batch", "cost_standard")
+    jobs = BatchJob.objects.filter(results_applied_at__isnull=False).aggregate(**{c: Sum(c) for c in counters})
+    for kind in (JobHourStats.Kind.CREATED, JobHourStats.Kind.ENDED):
+        assert JobHourStats.objects.filter(kind=kind, consumer_key=0).aggregate(**{c: Sum(c) for c in counters}) == jobs
+        per_consumer = JobHourStats.objects.filter(kind=kind).exclude(consumer_key=0).aggregate(**{c: Sum(c) for c in counters})
+        assert per_consumer == jobs
+    summary = staff.get(reverse("batch-monitoring")).json()["data"]["summary"]
+    assert summary["totalJobs"] == BatchJob.objects.count()
+    assert summary["processedRequests"] == jobs["succeeded_count"] + jobs["failed_count"]
+    assert summary["costSavings"]["currentPeriod"] == pytest.approx(float(jobs["cost_standard"] - jobs["cost_batch"]), abs=1e-6)
+    for name in ("acme", "reporting"):
+        mine = staff.get(reverse("batch-monitoring"), {"consumer": name}).json()["data"]["summary"]
+        share = BatchJobConsumer.objects.filter(consumer__name=name).aggregate(s=Sum("succeeded_count"), f=Sum("failed_count"))
+        assert mine["processedRequests"] == share["s"] + share["f"]
