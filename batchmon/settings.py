@@ -159,6 +159,11 @@ if BATCH_MIN_SIZE > BATCH_MAX_REQUESTS:
 if BATCH_COMPLETION_WINDOW != "24h":
     raise bad("BATCH_COMPLETION_WINDOW", BATCH_COMPLETION_WINDOW, "the Batch API only offers '24h'")
 
+# --- Dashboard (seed 000's refresh intervals) ---
+DASHBOARD_REFRESH_SECONDS = env_int("DASHBOARD_REFRESH_SECONDS", 30, minimum=1)
+DASHBOARD_ALERT_REFRESH_SECONDS = env_int("DASHBOARD_ALERT_REFRESH_SECONDS", 10, minimum=1)
+DASHBOARD_DETAIL_REFRESH_SECONDS = env_int("DASHBOARD_DETAIL_REFRESH_SECONDS", 60, minimum=1)
+
 # --- Metrics: points, rollups, Prometheus, InfluxDB export ---
 METRICS_TOKEN = env_str("METRICS_TOKEN")  # when set, /metrics wants `Authorization: Bearer <token>`
 METRICS_WRITE_TOKEN = env_str("METRICS_WRITE_TOKEN")  # for point writers other than consumer applications

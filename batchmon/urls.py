@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from jobs import dashboard
 from jobs import monitoring_api as m
 from metrics.prometheus import metrics_view
 
@@ -15,6 +16,8 @@ admin_api = [
 ]
 
 urlpatterns = [
+    path("favicon.ico", dashboard.favicon),
+    path("admin/", include("jobs.dashboard_urls")),
     path("admin/", admin.site.urls),
     path("api/admin/", include(admin_api)),
     path("api/v1/", include("jobs.consumer_api")),

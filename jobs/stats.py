@@ -36,7 +36,7 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Count, DurationField, ExpressionWrapper, F, FloatField, Func, Q, Sum
+from django.db.models import Count, Exists, OuterRef, DurationField, ExpressionWrapper, F, FloatField, Func, Q, Sum
 from django.db.models.functions import Coalesce, Floor
 
 from jobs.models import AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobHourStats, USDField
@@ -390,7 +390,9 @@ def job_row(job, mean_cost, details, consumers=()):
         "costEstimate": _usd(estimate),
         "retryOf": str(job["retry_of_id"]) if job["retry_of_id"] else None,
         "resultsApplied": job["results_applied_at"] is not None,
-        "canRetry": job["status"] in BatchJob.TERMINAL and job["results_applied_at"] is not None and (job["failed_count"] + job["cancelled_count"]) > 0,
+        # a retry takes every retryable request of the job at once, so a retried job has none left
+        "canRetry": job["status"] in BatchJob.TERMINAL and job["results_applied_at"] is not None
+        and (job["failed_count"] + job["cancelled_count"]) > 0 and not job.get("retried"),
         "canCancel": job["status"] in BatchJob.CANCELLABLE and job["cancel_requested_at"] is None,
     }
     if details:
@@ -432,7 +434,8 @@ def jobs_page(since, until, scope, status=None, include_details=False, page=1, l
         jobs = jobs.filter(status=status)
     if total is None or status:
         total = jobs.count()
-    rows = list(jobs.order_by("-created_at", "-id").values(*JOB_FIELDS)[(page - 1) * limit : page * limit])
+    retried = Exists(BatchJob.objects.filter(retry_of=OuterRef("pk")))
+    rows = list(jobs.annotate(retried=retried).order_by("-created_at", "-id").values(*JOB_FIELDS, "retried")[(page - 1) * limit : page * limit])
     if mean_cost is None:
         mean_cost = mean_cost_per_line(_ended_by_job_type(since, until, Scope(scope.job_type))) if rows else {}
     consumers = consumer_breakdown([r["id"] for r in rows]) if include_details and rows else {}
@@ -456,7 +459,8 @@ def report(since, until, *, job_type=None, consumer=None, status=None, include_d
 
 def job_detail(job, page=1, limit=50):
     """One job with its transitions, error summary, consumers and a page of its failed requests."""
-    row = BatchJob.objects.filter(pk=job.pk).values(*JOB_FIELDS).get()
+    retried = Exists(BatchJob.objects.filter(retry_of=OuterRef("pk")))
+    row = BatchJob.objects.filter(pk=job.pk).annotate(retried=retried).values(*JOB_FIELDS, "retried").get()
     until = job.finished_at or job.created_at
     mean_cost = mean_cost_per_line(_ended_by_job_type(until - timedelta(days=30), until + timedelta(seconds=1), Scope(job.job_type)))
     data = job_row(row, mean_cost, True, consumer_breakdown([job.pk]).get(job.pk, ()))
