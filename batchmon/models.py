@@ -13,6 +13,8 @@ class AuditEvent(models.Model):
         JOB_TYPE_RESUME = "job_type_resume"
         JOB_TYPE_PRIORITY = "job_type_priority"
         ALERT_CONFIG_CHANGE = "alert_config_change"
+        ALERT_ACK = "alert_ack"
+        ALERT_SILENCE = "alert_silence"
 
     class Outcome(models.TextChoices):
         SUCCESS = "success"

@@ -183,6 +183,32 @@ INFLUXDB_BUFFER_MAX = env_int("INFLUXDB_BUFFER_MAX", 100_000, minimum=1)
 if METRICS_MINUTE_ROLLUP_RETENTION_DAYS < BATCH_MONITORING_RETENTION_DAYS:
     raise bad("METRICS_MINUTE_ROLLUP_RETENTION_DAYS", str(METRICS_MINUTE_ROLLUP_RETENTION_DAYS), "must be at least BATCH_MONITORING_RETENTION_DAYS")
 
+# --- Alerts: evaluation and notification channels ---
+ALERT_EVALUATION_INTERVAL = env_cron("ALERT_EVALUATION_INTERVAL", "* * * * *")
+ALERT_BASE_URL = env_url("ALERT_BASE_URL", "http://127.0.0.1:8000", ("http", "https"))  # links in messages, Alertmanager generatorURL
+ALERT_EMAIL_TO = env_list("ALERT_EMAIL_TO", [])  # empty: the ADMINS addresses, else root@localhost
+ALERT_EMAIL_FROM = env_str("ALERT_EMAIL_FROM", "batchmon@localhost")
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")  # SMTP: django.core.mail.backends.smtp.EmailBackend
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
+ALERT_WEBHOOK_URL = env_url("ALERT_WEBHOOK_URL", "", ("http", "https"))
+ALERT_WEBHOOK_SECRET = env_str("ALERT_WEBHOOK_SECRET")  # from the environment only
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=60)
+ALERTMANAGER_URL = env_url("ALERTMANAGER_URL", "", ("http", "https"))
+ALERTMANAGER_TIMEOUT_SECONDS = env_float("ALERTMANAGER_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=60)
+ALERT_DELIVERY_BACKOFF_SECONDS = env_int("ALERT_DELIVERY_BACKOFF_SECONDS", 30, minimum=1)
+ALERT_DELIVERY_MAX_BACKOFF_SECONDS = env_int("ALERT_DELIVERY_MAX_BACKOFF_SECONDS", 3600, minimum=1)
+ALERT_DELIVERY_BATCH = env_int("ALERT_DELIVERY_BATCH", 100, minimum=1)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise bad("EMAIL_USE_SSL", "true", "use EMAIL_USE_TLS or EMAIL_USE_SSL, not both")
+if ALERT_WEBHOOK_URL and not ALERT_WEBHOOK_SECRET:
+    raise bad("ALERT_WEBHOOK_SECRET", "", "required when ALERT_WEBHOOK_URL is set (receivers verify X-Batchmon-Signature)")
+
 # --- Task queue: django-q2, Redis broker when REDIS_URL is set, else the database ---
 REDIS_URL = env_url("REDIS_URL", "", ("redis", "rediss"))
 Q_CLUSTER = {

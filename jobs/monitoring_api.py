@@ -290,7 +290,7 @@ class JobDetailView(AuditedStaffView):
     @extend_schema(
         operation_id="batch_monitoring_job",
         summary="One batch job: transitions, error summary, consumers and a page of its failed requests",
-        parameters=[OpenApiParameter("pk", int, OpenApiParameter.PATH, description="The job id."), PageParams],
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The job id."), PageParams],
         responses={
             200: schemas.JobDetailResponse,
             400: schemas.invalid("limit: Ensure this value is less than or equal to 100.", "limit", "Ensure this value is less than or equal to 100."),
@@ -310,7 +310,7 @@ class JobRetryView(AuditedStaffView):
     @extend_schema(
         operation_id="batch_monitoring_retry",
         summary="Send the job's retryable failed and cancelled requests again, in a new job",
-        parameters=[OpenApiParameter("pk", int, OpenApiParameter.PATH, description="The job to retry.")],
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The job to retry.")],
         request=None,
         responses={
             200: schemas.RetryResponse,
@@ -334,7 +334,7 @@ class JobCancelView(AuditedStaffView):
     @extend_schema(
         operation_id="batch_monitoring_cancel",
         summary="Cancel the job at the provider; lines already done are still applied",
-        parameters=[OpenApiParameter("pk", int, OpenApiParameter.PATH, description="The job to cancel.")],
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The job to cancel.")],
         request=None,
         responses={
             202: schemas.CancelResponse,

@@ -11,6 +11,7 @@ SCHEDULES = {
 MONITORING_SCHEDULES = {
     "batchmon: roll up metrics": ("metrics.tasks.roll_up", "METRICS_ROLLUP_INTERVAL"),
     "batchmon: purge metrics": ("metrics.tasks.purge", "METRICS_PURGE_INTERVAL"),
+    "batchmon: evaluate alerts": ("alerts.tasks.evaluate", "ALERT_EVALUATION_INTERVAL"),
 }
 
 

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 from django.contrib.staticfiles import finders
-from django.http import JsonResponse
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils import timezone
 
-import batchmon.urls
 from jobs.models import BatchJob, Consumer, JobType
 
 
@@ -62,8 +60,8 @@ def test_dashboard_renders_in_the_admin_with_its_settings(admin_client, settings
     assert config["api"]["monitoring"] == reverse("batch-monitoring")
     assert config["api"]["retry"] == reverse("batch-monitoring-retry", args=[7]).replace("7", "{id}")
     assert config["pages"]["job"] == "/admin/batch-monitoring/{id}/"
-    assert config["api"]["alerts"] is None
-    assert "Alerts are not available yet" in html and 'id="alerts-list"' not in html
+    assert config["api"]["alerts"] == {"list": "/api/admin/alerts", "ack": "/api/admin/alerts/{id}/ack"}
+    assert 'id="alerts-list"' in html
     assert 'href="/admin/batchmon/auditevent/"' in html
     for label in ("Time range", "Status", "Job type", "Consumer", "Per page"):
         assert f">{label}</label>" in html
@@ -96,29 +94,6 @@ def test_admin_index_links_to_the_dashboard(admin_client):
     html = admin_client.get(reverse("admin:index")).content.decode()
     assert '<a href="/admin/batch-monitoring/" id="batchmon-dashboard-link">' in html
     assert 'id="content-main"' in html and "app-jobs" in html  # the stock app list is still there
-
-
-def alerts_list(request):
-    return JsonResponse({"success": True, "data": []})
-
-
-class WithAlertsApi:
-    """A URLconf where the (coming) alerts API exists."""
-
-    urlpatterns = [
-        path("api/admin/alerts", alerts_list, name="alerts-list"),
-        path("api/admin/alerts/<int:pk>/ack", alerts_list, name="alerts-ack"),
-        *batchmon.urls.urlpatterns,
-    ]
-
-
-def test_alerts_panel_polls_once_the_alerts_api_exists(admin_client, settings):
-    settings.ROOT_URLCONF = WithAlertsApi
-    response = admin_client.get(reverse("batch-monitoring-dashboard"))
-    config = page_config(response)
-    assert config["api"]["alerts"] == {"list": "/api/admin/alerts", "ack": "/api/admin/alerts/{id}/ack"}
-    html = response.content.decode()
-    assert 'id="alerts-list"' in html and "refreshed every 10" in html and "not available yet" not in html
 
 
 def test_no_cdn_everything_is_served_from_static():

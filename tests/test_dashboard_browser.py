@@ -7,7 +7,6 @@ position; the job page shows its timeline and failed requests. No request may fa
 must stay free of errors (the one deliberate 409 excepted). Screenshots land in var/screenshots/.
 """
 
-import json
 import os
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop in this thread
@@ -19,12 +18,9 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.http import JsonResponse
-from django.urls import path
 from django.utils import timezone
 from playwright.sync_api import expect
 
-import batchmon.urls
 from jobs import lifecycle
 from jobs.models import BatchJob, JobType
 from tests.test_monitoring_api import make_job
@@ -281,7 +277,7 @@ def test_cards_charts_and_table_show_the_apis_numbers(page, live_server, staff_u
     expect(completed.get_by_role("button", name=f"Cancel job {seeded['completed'].pk}")).to_be_disabled()
     expect(row(page, seeded["running"]).get_by_role("button", name=f"Retry job {seeded['running'].pk}")).to_be_disabled()
     expect(row(page, seeded["running"]).get_by_role("button", name=f"Cancel job {seeded['running'].pk}")).to_be_enabled()
-    expect(page.locator("#alerts-status")).to_contain_text("Alerts are not available yet")
+    expect(page.locator("#alerts-status")).to_contain_text("No active alerts")
     expect(page.locator("#alert-rules-body")).to_contain_text("highErrorRate")
 
     # sorting by cost, then keyboard: Tab reaches the filters and the buttons
@@ -499,52 +495,31 @@ def test_empty_data_and_api_failures_are_explained(page, live_server, staff_user
     watch.check()
 
 
-ALERTS = []  # what the stand-in alerts API below answers
-
-
-def alerts_list(request):
-    return JsonResponse({"success": True, "data": {"results": ALERTS, "pagination": {"page": 1, "limit": 50, "total": len(ALERTS), "pages": 1}}})
-
-
-def alerts_ack(request, pk):
-    assert request.method == "POST" and request.user.is_staff  # session auth; CSRF checked by the middleware
-    assert json.loads(request.body) == {}
-    for alert in ALERTS:
-        if alert["id"] == pk:
-            alert.update(acknowledgedAt=timezone.now().isoformat(), acknowledgedBy=request.user.username)
-    return JsonResponse({"success": True, "data": {"id": pk}})
-
-
-class WithAlertsApi:
-    """The URLs with a stand-in for the alerts API (GET /api/admin/alerts, POST .../{id}/ack: alerts/api.py's shapes)."""
-
-    urlpatterns = [
-        path("api/admin/alerts", alerts_list, name="alerts-list"),
-        path("api/admin/alerts/<int:pk>/ack", alerts_ack, name="alerts-ack"),
-        *batchmon.urls.urlpatterns,
-    ]
-
-
 def test_alerts_panel_polls_and_acknowledges(page, live_server, staff_user, settings, watch):
-    settings.ROOT_URLCONF = WithAlertsApi
+    from alerts.models import Alert, AlertRule
+
     settings.DASHBOARD_ALERT_REFRESH_SECONDS = 1
-    ALERTS[:] = []
     log_in(page, live_server)
     expect(page.locator("#alerts-status")).to_contain_text("No active alerts")
-    ALERTS.append({"id": 7, "rule": "highErrorRate", "severity": "high", "state": "firing", "summary": "error rate 14% > 10%",
-                   "description": "ai_analysis: 14 of 100 requests failed", "startedAt": timezone.now().isoformat(),
-                   "firedAt": timezone.now().isoformat(), "resolvedAt": None, "acknowledgedBy": None, "acknowledgedAt": None})
-    ALERTS.append({"id": 8, "rule": "lowThroughput", "severity": "medium", "state": "resolved", "summary": "0.2 jobs/h < 0.5",
-                   "startedAt": timezone.now().isoformat(), "resolvedAt": timezone.now().isoformat()})
-    item = page.locator('#alerts-list li[data-alert-id="7"]')
+    now = timezone.now()
+    rule = AlertRule.objects.get(name="highErrorRate")
+    firing = Alert.objects.create(
+        rule=rule, fingerprint="browser-firing", state=Alert.State.FIRING, severity=rule.severity, value=14.0,
+        labels={"alertname": rule.name, "severity": rule.severity}, summary="error rate 14% > 10%",
+        description="ai_analysis: 14 of 100 requests failed", started_at=now, fired_at=now, last_evaluated_at=now,
+    )
+    Alert.objects.create(
+        rule=AlertRule.objects.get(name="lowThroughput"), fingerprint="browser-resolved", state=Alert.State.RESOLVED, severity="medium",
+        value=0.2, labels={"alertname": "lowThroughput"}, summary="0.2 jobs/h < 0.5", started_at=now, resolved_at=now, last_evaluated_at=now,
+    )
+    item = page.locator(f'#alerts-list li[data-alert-id="{firing.pk}"]')
     expect(item).to_contain_text("highErrorRate — error rate 14% > 10%")  # brought in by the 1 s poll
     expect(page.locator("#alerts-status")).to_contain_text("1 active alert")  # the resolved one is not listed
-    expect(page.locator('#alerts-list li[data-alert-id="8"]')).to_have_count(0)
     item.get_by_role("button", name="Acknowledge highErrorRate").click()
     expect(page.locator("#action-outcome")).to_have_text("Alert highErrorRate acknowledged.")
     expect(item).to_contain_text("acknowledged by staff")
     expect(item.get_by_role("button", name="Acknowledge highErrorRate")).to_be_disabled()
-    assert ALERTS[0]["acknowledgedBy"] == "staff"
-    ALERTS[:] = []
+    firing.refresh_from_db()
+    assert firing.acknowledged_by == staff_user and firing.acknowledged_at is not None
     watch.check()
 

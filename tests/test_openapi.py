@@ -10,7 +10,7 @@ a missing or mistyped one.
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlparse
 
 import jsonschema
@@ -192,7 +192,26 @@ def world(sandbox, submit, job_type, consumer, admin_user, settings):
     AuditEvent.record(actor=admin_user, action=AuditEvent.Action.BATCH_RETRY, at=timezone.now(), target=made, ip="10.0.0.7", details={"x": 1})
     AuditEvent.record(actor=None, action=AuditEvent.Action.BATCH_MONITORING_ACCESS, at=timezone.now(), outcome=AuditEvent.Outcome.DENIED)
 
+    from alerts.models import Alert, AlertRule, Notification, Silence
+
+    rule = AlertRule.objects.get(name="batchFailure")
+    now = timezone.now()
+    alert = Alert.objects.create(
+        rule=rule, fingerprint="contract", state=Alert.State.FIRING, severity=rule.severity, labels={"alertname": rule.name, "severity": rule.severity},
+        value=1.0, summary="batchFailure: batches failed 1 >= 1", started_at=now, fired_at=now, last_evaluated_at=now,
+    )
+    failed = Notification.objects.create(
+        channel="webhook", kind="firing", policy="immediate", dedup_key="contract", status="failed", attempts=1,
+        created_at=now, next_attempt_at=now, last_error="HTTP 500", response_code=500,
+    )
+    failed.alerts.add(alert)
+    silence = Silence.objects.create(
+        matchers=[{"label": "alertname", "value": "batchFailure"}], starts_at=now, ends_at=now + timedelta(hours=1),
+        reason="contract test", created_by=admin_user, created_at=now, updated_at=now,
+    )
     return {
+        "alert": alert,
+        "silence": silence,
         "finished": finished,
         "running": running,
         "request": AIRequest.objects.filter(consumer=consumer, status=AIRequest.Status.SUCCEEDED).order_by("id").first(),
@@ -201,6 +220,10 @@ def world(sandbox, submit, job_type, consumer, admin_user, settings):
 
 def path_value(operation_id, name, world):
     """The id a path parameter takes in the contract call: a job that lets the operation succeed."""
+    if operation_id == "alerts_ack":
+        return world["alert"].pk
+    if operation_id.startswith("silences_"):
+        return world["silence"].pk
     if operation_id == "batch_monitoring_retry":
         return world["finished"].pk  # has retryable failed requests
     if operation_id == "batch_monitoring_cancel":
@@ -298,7 +321,7 @@ def test_operation_documents_input_success_and_example(openapi, operation_id):
         for media_type, item in op["requestBody"]["content"].items():
             assert item.get("schema"), f"request {media_type} has no schema"
     successes = [code for code in SUCCESS if code in op["responses"]]
-    assert set(successes) & {"200", "202"}, f"no 200/202 response: {sorted(op['responses'])}"
+    assert set(successes) & {"200", "201", "202"}, f"no 200/201/202 response: {sorted(op['responses'])}"
     for code in successes:
         content = op["responses"][code]["content"]
         assert all(item.get("schema") for item in content.values())
