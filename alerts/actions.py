@@ -12,6 +12,7 @@ from django.db import transaction
 from django.forms.models import model_to_dict
 
 from alerts.models import Alert, AlertRule, Silence, matcher_errors
+from batchmon import live
 from batchmon.models import AuditEvent
 
 
@@ -57,6 +58,7 @@ def acknowledge_alert(alert, actor, now, ip=None, comment=""):
         alert.refresh_from_db()
         if done:
             audit(actor, "alert_ack", now, alert, ip, action="alert_ack", fingerprint=alert.fingerprint, state=alert.state, comment=comment)
+            live.alerts_changed(alert)
             return alert
     if alert.state == Alert.State.RESOLVED:
         reason = f"alert {alert.pk} is resolved: only open alerts can be acknowledged"

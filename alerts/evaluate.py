@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from alerts import channels, conditions, notify
 from alerts.models import Alert, AlertRule
+from batchmon import live
 
 log = logging.getLogger(__name__)
 S = Alert.State
@@ -167,4 +168,6 @@ def evaluate(now=None, dry_run=False):
         result.delivery["alertmanager_resent"] = channels.resend_firing_to_alertmanager(now)
 
     transaction.on_commit(after_commit)
+    if result.opened or result.fired or result.resolved:
+        live.alerts_changed()
     return result

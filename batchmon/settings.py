@@ -42,6 +42,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
+    "daphne",  # first: runserver serves ASGI (WebSockets, streaming SSE)
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -74,6 +75,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "batchmon.urls"
 WSGI_APPLICATION = "batchmon.wsgi.application"
+ASGI_APPLICATION = "batchmon.asgi.application"
 
 TEMPLATES = [
     {
@@ -253,6 +255,12 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
 }
+
+# Live push: one channel layer shared by every web server and worker when there is Redis.
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL], "prefix": "batchmon-live"}}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # Throttle counts must be shared by every web process: Redis when there is one.
 if REDIS_URL:

@@ -2,8 +2,10 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from batchmon.sse import live_events
 from jobs import dashboard
 from jobs import monitoring_api as m
+from jobs.forecasts import ForecastsView
 from metrics.prometheus import metrics_view
 
 admin_api = [
@@ -13,6 +15,8 @@ admin_api = [
     path("batch-monitoring/<int:pk>/retry", m.JobRetryView.as_view(), name="batch-monitoring-retry"),
     path("batch-monitoring/<int:pk>/cancel", m.JobCancelView.as_view(), name="batch-monitoring-cancel"),
     path("audit-log", m.AuditLogView.as_view(), name="audit-log"),
+    path("live", live_events, name="live"),
+    path("forecasts", ForecastsView.as_view(), name="forecasts"),
 ]
 
 urlpatterns = [

@@ -27,6 +27,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Min, Q
 from django.utils import timezone as djtz
 
+from batchmon import live
 from jobs import rollups
 from jobs.models import RETRYABLE_ERROR_CODES, AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobType, ModelPrice
 from jobs.providers.openai_batch import ProviderFault, get_provider
@@ -76,6 +77,7 @@ def _backoff(faults):
 def record_transition(job, to_status, at, reason="", actor=None):
     BatchTransition.objects.create(job=job, from_status=job.status, to_status=to_status, at=at, reason=reason, actor=actor)
     job.status = to_status
+    live.job_changed(job)
 
 
 # --- claiming -------------------------------------------------------------------------
@@ -615,6 +617,7 @@ def release_unanswered(job, now):
             )
         add_to_counters(job.pk, deltas, error_summary=summary, results_applied_at=applied, lease_until=None, provider_fault_count=0)
         rollups.record_job_applied(job.pk)
+        live.job_changed(job)
 
 
 # --- one pass, by hand or by the scheduler ----------------------------------------------

@@ -1,0 +1,291 @@
+"""Forecasts: when each running batch will finish, the month's cost and savings, the queue's drain time.
+
+Each answer carries `method`, one sentence saying how it was computed, so the number can be judged.
+
+- batch_finish: a batch's provider counts (completed + failed of total) since it went in_progress
+  give a linear rate. Line completions are treated as a Poisson process, so the rate's relative
+  standard error is 1/√done; the range is rate × (1 ± 2/√done) (≈ 95 %), clipped so the slow
+  end is at least 10 % of the rate. Only the current counts are stored (no progress samples), so
+  the rate is the mean since in_progress_at, not a fit over samples.
+- projected_month: cost at batch price, cost at standard price and savings of jobs that ended in
+  the window (jobs.stats.figures), per hour of the window × 720 (30 days).
+- queue_drain: requests waiting (queued + in a batch, not yet finished) / requests finished per
+  hour in the window (jobs.stats throughput: final outcomes of jobs that ended in it); no
+  throughput → not draining.
+"""
+
+import math
+from datetime import timedelta
+
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, extend_schema
+from rest_framework import serializers
+
+from jobs import stats
+from jobs.models import AIRequest, BatchJob, JobType
+from jobs.monitoring_api import ERRORS, AuditedStaffView, ok, validated
+
+Z = 2.0  # ≈ 95 % of a normal
+SLOWEST = 0.1  # the slow end of the range never goes below 10 % of the rate
+RUNNING = (BatchJob.Status.VALIDATING, BatchJob.Status.IN_PROGRESS, BatchJob.Status.FINALIZING)
+_iso = stats._iso
+
+
+def batch_finish(job, now):
+    """The finish time of a running batch from its progress since it went in_progress, with a range."""
+    total = job.provider_total or job.request_count
+    done = job.provider_completed + job.provider_failed
+    start = job.in_progress_at
+    out = {
+        "jobId": job.pk,
+        "status": job.status,
+        "total": total,
+        "done": done,
+        "remaining": max(total - done, 0),
+        "ratePerHour": None,
+        "eta": None,
+        "earliest": None,
+        "latest": None,
+        "expiresAt": _iso(job.expires_at),
+        "late": False,
+        "atRisk": False,
+    }
+    if job.status in BatchJob.TERMINAL:
+        return {**out, "method": "The batch has ended; nothing to forecast.", "eta": _iso(job.finished_at)}
+    if total and done >= total:
+        out.update(eta=_iso(now), earliest=_iso(now), latest=_iso(now))
+        return {**out, "method": "Every line is done; the provider is finalizing, so the finish is now."}
+    if start is None or done == 0 or now <= start:
+        method = "No line has finished since the batch went in_progress, so there is no rate yet."
+        if start is None:
+            method = "The batch has not started (no in_progress_at), so there is no rate yet."
+        late = job.expires_at is not None and now >= job.expires_at
+        return {**out, "late": late, "atRisk": late or job.expires_at is not None, "method": method}
+    hours = (now - start).total_seconds() / 3600
+    rate = done / hours
+    spread = Z / math.sqrt(done)
+    fast, slow = rate * (1 + spread), rate * max(1 - spread, SLOWEST)
+    remaining = total - done
+
+    def at(r):
+        return now + timedelta(hours=remaining / r)
+
+    eta, earliest, latest = at(rate), at(fast), at(slow)
+    expires = job.expires_at
+    out.update(
+        ratePerHour=round(rate, 3),
+        eta=_iso(eta),
+        earliest=_iso(earliest),
+        latest=_iso(latest),
+        late=expires is not None and eta > expires,
+        atRisk=expires is not None and latest > expires,
+    )
+    return {
+        **out,
+        "method": (
+            f"Linear rate since in_progress_at: {done} of {total} lines in {hours:.2f} h = {rate:.1f} lines/h; "
+            f"range from the rate ± 2/√done (Poisson, ≈95 %); late when the estimate is after expires_at, at risk when the slow end is."
+        ),
+    }
+
+
+def running_batches(now, job_type=None, limit=100):
+    jobs = BatchJob.objects.filter(status__in=RUNNING)
+    if job_type is not None:
+        jobs = jobs.filter(job_type=job_type)
+    return [batch_finish(job, now) for job in jobs.order_by("expires_at", "id")[:limit]]
+
+
+def projected_month(now, scope=None, window=timedelta(hours=24)):
+    """Cost, standard cost and savings of the window, per hour × 720."""
+    scope = scope or stats.Scope()
+    figures = stats.figures(now - window, now, scope)
+    hours = window.total_seconds() / 3600
+    costs = figures["costs"]
+
+    def month(value):
+        return round(value / hours * 720, 6)
+
+    return {
+        "method": (
+            f"Batch cost, standard-price cost and savings of the jobs that ended in the last {hours:g} h "
+            f"(jobs.stats), per hour × 720 (30 days)."
+        ),
+        "window": {"from": _iso(now - window), "to": _iso(now), "hours": hours},
+        "current": {"cost": costs["batch"], "standardCost": costs["standard"], "savings": costs["savings"]},
+        "projectedMonthly": {"cost": month(costs["batch"]), "standardCost": month(costs["standard"]), "savings": month(costs["savings"])},
+    }
+
+
+def queue_drain(now, scope=None, window=timedelta(hours=1)):
+    """Hours to clear the requests waiting at the throughput of the window; None when not draining."""
+    scope = scope or stats.Scope()
+    waiting = AIRequest.objects.filter(status__in=(AIRequest.Status.QUEUED, AIRequest.Status.BATCHED))
+    if scope.job_type is not None:
+        waiting = waiting.filter(job_type=scope.job_type)
+    if scope.consumer is not None:
+        waiting = waiting.filter(consumer=scope.consumer)
+    backlog = waiting.count()
+    throughput = stats.figures(now - window, now, scope)["performance"]["throughput"]["requestsPerHour"]
+    hours = window.total_seconds() / 3600
+    drain = backlog / throughput if throughput and backlog else (0.0 if not backlog else None)
+    return {
+        "method": (
+            f"Requests waiting (queued or in a batch) / requests finished per hour over the last {hours:g} h; "
+            f"no throughput means the queue is not draining."
+        ),
+        "backlog": backlog,
+        "throughputPerHour": throughput,
+        "hoursToDrain": round(drain, 3) if drain is not None else None,
+        "drainsAt": _iso(now + timedelta(hours=drain)) if drain is not None else None,
+        "draining": drain is not None,
+        "state": "empty" if not backlog else ("draining" if drain is not None else "not draining"),
+    }
+
+
+def forecasts(now, job_type=None, window=timedelta(hours=24), drain_window=timedelta(hours=1)):
+    scope = stats.Scope(job_type)
+    return {
+        "generatedAt": _iso(now),
+        "batches": running_batches(now, job_type),
+        "monthly": projected_month(now, scope, window),
+        "queue": queue_drain(now, scope, drain_window),
+    }
+
+
+# --- GET /api/admin/forecasts -------------------------------------------------------------
+
+FORECASTS_EXAMPLE = {
+    "success": True,
+    "data": {
+        "generatedAt": "2026-12-01T12:00:00Z",
+        "batches": [
+            {
+                "jobId": 12,
+                "status": "in_progress",
+                "total": 1000,
+                "done": 400,
+                "remaining": 600,
+                "ratePerHour": 200.0,
+                "eta": "2026-12-01T15:00:00Z",
+                "earliest": "2026-12-01T14:43:38Z",
+                "latest": "2026-12-01T15:20:00Z",
+                "expiresAt": "2026-12-02T10:00:00Z",
+                "late": False,
+                "atRisk": False,
+                "method": "Linear rate since in_progress_at: 400 of 1000 lines in 2.00 h = 200.0 lines/h; range from the rate ± 2/√done (Poisson, ≈95 %); late when the estimate is after expires_at, at risk when the slow end is.",
+            }
+        ],
+        "monthly": {
+            "method": "Batch cost, standard-price cost and savings of the jobs that ended in the last 24 h (jobs.stats), per hour × 720 (30 days).",
+            "window": {"from": "2026-11-30T12:00:00Z", "to": "2026-12-01T12:00:00Z", "hours": 24.0},
+            "current": {"cost": 2.0, "standardCost": 4.0, "savings": 2.0},
+            "projectedMonthly": {"cost": 60.0, "standardCost": 120.0, "savings": 60.0},
+        },
+        "queue": {
+            "method": "Requests waiting (queued or in a batch) / requests finished per hour over the last 1 h; no throughput means the queue is not draining.",
+            "backlog": 500,
+            "throughputPerHour": 250.0,
+            "hoursToDrain": 2.0,
+            "drainsAt": "2026-12-01T14:00:00Z",
+            "draining": True,
+            "state": "draining",
+        },
+    },
+}
+
+
+class ForecastParams(serializers.Serializer):
+    jobType = serializers.CharField(required=False, help_text="Only this job type (by name).")
+    window = serializers.CharField(default="24h", help_text="Window of the monthly projection: <n>h or <n>d (default 24h).")
+    drainWindow = serializers.CharField(default="1h", help_text="Window of the throughput behind the drain time: <n>h or <n>d (default 1h).")
+
+    def validate_jobType(self, value):
+        found = JobType.objects.filter(name=value).first()
+        if found is None:
+            raise serializers.ValidationError(f"no job type named {value!r}")
+        return found
+
+    def _span(self, value):
+        try:
+            return stats.parse_span(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    validate_window = _span
+    validate_drainWindow = _span
+
+
+class BatchForecast(serializers.Serializer):
+    jobId = serializers.IntegerField()
+    status = serializers.CharField()
+    total = serializers.IntegerField()
+    done = serializers.IntegerField(help_text="provider completed + failed lines.")
+    remaining = serializers.IntegerField()
+    ratePerHour = serializers.FloatField(allow_null=True, help_text="done / hours since in_progress_at.")
+    eta = serializers.DateTimeField(allow_null=True, help_text="now + remaining / rate.")
+    earliest = serializers.DateTimeField(allow_null=True, help_text="At the fast end of the rate, rate × (1 + 2/√done).")
+    latest = serializers.DateTimeField(allow_null=True, help_text="At the slow end, rate × max(1 − 2/√done, 0.1).")
+    expiresAt = serializers.DateTimeField(allow_null=True)
+    late = serializers.BooleanField(help_text="eta is after expires_at.")
+    atRisk = serializers.BooleanField(help_text="latest is after expires_at.")
+    method = serializers.CharField()
+
+
+class Money(serializers.Serializer):
+    cost = serializers.FloatField(help_text="USD at batch price.")
+    standardCost = serializers.FloatField(help_text="USD at standard price.")
+    savings = serializers.FloatField(help_text="standardCost − cost.")
+
+
+class Window(serializers.Serializer):
+    # "from" is a keyword: declared below
+    to = serializers.DateTimeField()
+    hours = serializers.FloatField()
+
+
+Window._declared_fields = {"from": serializers.DateTimeField(), **Window._declared_fields}
+
+
+class MonthlyForecast(serializers.Serializer):
+    method = serializers.CharField()
+    window = Window()
+    current = Money(help_text="Jobs that ended in the window.")
+    projectedMonthly = Money(help_text="current per hour of the window × 720.")
+
+
+class QueueForecast(serializers.Serializer):
+    method = serializers.CharField()
+    backlog = serializers.IntegerField(help_text="Requests queued or in a batch.")
+    throughputPerHour = serializers.FloatField(help_text="Final outcomes per hour of jobs that ended in the drain window.")
+    hoursToDrain = serializers.FloatField(allow_null=True, help_text="backlog / throughput; null when not draining.")
+    drainsAt = serializers.DateTimeField(allow_null=True)
+    draining = serializers.BooleanField()
+    state = serializers.ChoiceField(choices=["empty", "draining", "not draining"])
+
+
+class ForecastsData(serializers.Serializer):
+    generatedAt = serializers.DateTimeField()
+    batches = BatchForecast(many=True, help_text="Running batches (validating, in_progress, finalizing), soonest to expire first, at most 100.")
+    monthly = MonthlyForecast()
+    queue = QueueForecast()
+
+
+class ForecastsResponse(serializers.Serializer):
+    success = serializers.BooleanField(help_text="Always true.")
+    data = ForecastsData()
+
+
+class ForecastsView(AuditedStaffView):
+    @extend_schema(
+        operation_id="forecasts",
+        summary="Finish time of running batches, the month's cost and savings, the queue's drain time",
+        description="Each forecast states its method. See jobs.forecasts for the maths.",
+        parameters=[ForecastParams],
+        responses={200: ForecastsResponse, **ERRORS},
+        examples=[OpenApiExample("a running batch", value=FORECASTS_EXAMPLE, response_only=True, status_codes=["200"])],
+        tags=["monitoring"],
+    )
+    def get(self, request):
+        p = validated(ForecastParams, request)
+        return ok(forecasts(timezone.now(), p.get("jobType"), p["window"], p["drainWindow"]))

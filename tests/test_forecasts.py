@@ -1,0 +1,166 @@
+"""jobs.forecasts on synthetic series with hand-computed answers (time frozen with time-machine)."""
+
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.test import override_settings
+from django.urls import path
+from rest_framework.test import APIClient
+
+from batchmon.models import AuditEvent
+from jobs import forecasts, rollups, stats
+from jobs.models import BatchJob, BatchJobConsumer
+
+pytestmark = pytest.mark.django_db
+B = BatchJob.Status
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=dt_timezone.utc)
+
+
+def running(job_type, *, total=1000, completed=380, failed=20, started=timedelta(hours=2), expires=timedelta(hours=22), status=B.IN_PROGRESS):
+    return BatchJob(
+        pk=7, job_type=job_type, model="gpt-4o-mini", endpoint="/v1/chat/completions", status=status, created_at=NOW - (started or timedelta(0)) - timedelta(minutes=5),
+        in_progress_at=NOW - started if started is not None else None, expires_at=NOW + expires if expires is not None else None,
+        request_count=total, provider_total=total, provider_completed=completed, provider_failed=failed,
+    )
+
+
+def ended(job_type, consumer, *, ago, succeeded, failed, cost_batch, requests=None):
+    """A job that ended `ago` before NOW, with its rollup rows (what packing and applying write)."""
+    finished = NOW - ago
+    requests = requests or succeeded + failed
+    job = BatchJob.objects.create(
+        job_type=job_type, model="gpt-4o-mini", endpoint="/v1/chat/completions", status=B.COMPLETED, created_at=finished - timedelta(minutes=40),
+        in_progress_at=finished - timedelta(minutes=30), finished_at=finished, results_applied_at=finished + timedelta(minutes=1),
+        request_count=requests, succeeded_count=succeeded, failed_count=failed,
+        cost_batch=Decimal(cost_batch), cost_standard=Decimal(cost_batch) * 2,
+    )
+    BatchJobConsumer.objects.create(job=job, consumer=consumer, request_count=requests, succeeded_count=succeeded, failed_count=failed,
+                                    cost_batch=Decimal(cost_batch), cost_standard=Decimal(cost_batch) * 2)
+    rollups.record_job_created(job, {consumer.pk: requests})
+    rollups.record_job_applied(job.pk)
+    return job
+
+
+# --- batch_finish -------------------------------------------------------------------------
+
+
+def test_linear_eta_with_its_poisson_range(job_type):
+    # 400 of 1000 lines in 2 h → 200/h; 600 left → 3 h. ±2/√400 = ±10 %: 220/h → 2.7273 h, 180/h → 3.3333 h.
+    f = forecasts.batch_finish(running(job_type), NOW)
+    assert f["ratePerHour"] == 200.0 and f["remaining"] == 600
+    assert f["eta"] == "2026-12-01T15:00:00Z"
+    assert f["earliest"] == stats._iso(NOW + timedelta(hours=600 / 220))  # 14:43:38.18
+    assert f["earliest"].startswith("2026-12-01T14:43:38")
+    assert f["latest"] == "2026-12-01T15:20:00Z"
+    assert (f["late"], f["atRisk"]) == (False, False)
+    assert "Linear rate since in_progress_at: 400 of 1000 lines in 2.00 h" in f["method"]
+
+
+@pytest.mark.parametrize(
+    "expires, late, at_risk",
+    [
+        (timedelta(hours=3, minutes=30), False, False),  # after the slow end
+        (timedelta(hours=3, minutes=10), False, True),  # between the estimate and the slow end
+        (timedelta(hours=2, minutes=59), True, True),  # before the estimate
+    ],
+)
+def test_flagged_late_when_the_estimate_falls_after_expires_at(job_type, expires, late, at_risk):
+    f = forecasts.batch_finish(running(job_type, expires=expires), NOW)
+    assert (f["late"], f["atRisk"]) == (late, at_risk)
+
+
+def test_few_lines_give_a_wide_range_clipped_at_a_tenth_of_the_rate(job_type):
+    # 4 of 100 lines in 1 h: 4/h, ±2/√4 = ±100 % → fast 8/h (12 h), slow clipped to 0.4/h (240 h).
+    f = forecasts.batch_finish(running(job_type, total=100, completed=4, failed=0, started=timedelta(hours=1)), NOW)
+    assert f["eta"] == stats._iso(NOW + timedelta(hours=24))
+    assert f["earliest"] == stats._iso(NOW + timedelta(hours=12))
+    assert f["latest"] == stats._iso(NOW + timedelta(hours=240))
+    assert f["late"] is True  # expires in 22 h
+
+
+def test_no_rate_yet_not_started_finalizing_and_ended(job_type):
+    none_done = forecasts.batch_finish(running(job_type, completed=0, failed=0), NOW)
+    assert none_done["eta"] is None and "no rate yet" in none_done["method"]
+    not_started = forecasts.batch_finish(running(job_type, started=None, status=B.VALIDATING), NOW)
+    assert not_started["eta"] is None and "has not started" in not_started["method"]
+    all_done = forecasts.batch_finish(running(job_type, completed=990, failed=10, status=B.FINALIZING), NOW)
+    assert all_done["eta"] == all_done["latest"] == "2026-12-01T12:00:00Z"
+    job = running(job_type, status=B.COMPLETED)
+    job.finished_at = NOW - timedelta(minutes=1)
+    assert forecasts.batch_finish(job, NOW)["eta"] == "2026-12-01T11:59:00Z"
+
+
+# --- projected_month and queue_drain ------------------------------------------------------
+
+
+def test_projected_month_from_the_last_24_hours(job_type, consumer):
+    with time_machine.travel(NOW, tick=False):
+        ended(job_type, consumer, ago=timedelta(hours=3), succeeded=90, failed=10, cost_batch="1.25")
+        ended(job_type, consumer, ago=timedelta(hours=20, minutes=30), succeeded=100, failed=0, cost_batch="2.75")
+        ended(job_type, consumer, ago=timedelta(hours=30), succeeded=100, failed=0, cost_batch="100")  # outside the window
+        m = forecasts.projected_month(NOW)
+    # $4.00 at batch price, $8.00 standard, $4.00 saved in 24 h → × 720 / 24 = × 30
+    assert m["current"] == {"cost": 4.0, "standardCost": 8.0, "savings": 4.0}
+    assert m["projectedMonthly"] == {"cost": 120.0, "standardCost": 240.0, "savings": 120.0}
+    assert m["window"]["hours"] == 24.0 and "per hour × 720" in m["method"]
+    week = forecasts.projected_month(NOW, window=timedelta(days=7))  # $104 in 168 h → × 720/168
+    assert week["projectedMonthly"]["cost"] == round(104 / 168 * 720, 6)
+
+
+def test_queue_drain_at_the_last_hours_throughput(job_type, consumer, submit):
+    with time_machine.travel(NOW, tick=False):
+        submit(50)
+        empty_throughput = forecasts.queue_drain(NOW)
+        ended(job_type, consumer, ago=timedelta(minutes=20), succeeded=80, failed=20, cost_batch="1")  # 100 outcomes in the last hour
+        ended(job_type, consumer, ago=timedelta(hours=5), succeeded=500, failed=0, cost_batch="1")  # not in the last hour
+        q = forecasts.queue_drain(NOW)
+        day = forecasts.queue_drain(NOW, window=timedelta(hours=24))
+    assert empty_throughput["hoursToDrain"] is None and empty_throughput["state"] == "not draining"
+    assert (q["backlog"], q["throughputPerHour"], q["hoursToDrain"]) == (50, 100.0, 0.5)
+    assert q["drainsAt"] == "2026-12-01T12:30:00Z" and q["state"] == "draining"
+    assert day["throughputPerHour"] == 25.0 and day["hoursToDrain"] == 2.0  # 600 outcomes / 24 h
+    assert forecasts.queue_drain(NOW + timedelta(days=400), stats.Scope(job_type))["backlog"] == 50
+
+
+def test_an_empty_queue_drains_in_no_time(db):
+    q = forecasts.queue_drain(NOW)
+    assert (q["backlog"], q["hoursToDrain"], q["state"]) == (0, 0.0, "empty")
+
+
+# --- GET /api/admin/forecasts (routed here until batchmon/urls.py routes it) -----------------
+
+urlpatterns = [path("api/admin/forecasts", forecasts.ForecastsView.as_view())]
+
+
+@override_settings(ROOT_URLCONF=__name__)
+def test_forecasts_view_staff_only_and_audited(job_type, consumer, admin_user, django_user_model):
+    with time_machine.travel(NOW, tick=False):
+        job = running(job_type)
+        job.pk = None
+        job.save()
+        client = APIClient()
+        assert client.get("/api/admin/forecasts").status_code == 401
+        client.force_authenticate(django_user_model.objects.create_user("viewer"))
+        assert client.get("/api/admin/forecasts").status_code == 403
+        client.force_authenticate(admin_user)
+        response = client.get("/api/admin/forecasts", {"jobType": job_type.name, "window": "7d"})
+        assert client.get("/api/admin/forecasts", {"window": "soon"}).status_code == 400
+        assert client.get("/api/admin/forecasts", {"jobType": "nope"}).status_code == 400
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert [b["jobId"] for b in data["batches"]] == [job.pk] and data["batches"][0]["eta"] == "2026-12-01T15:00:00Z"
+    assert data["monthly"]["window"]["hours"] == 168.0 and data["queue"]["state"] == "empty"
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.BATCH_MONITORING_ACCESS).count() == 5
+
+
+def test_forecasts_view_in_the_openapi_schema():
+    from drf_spectacular.generators import SchemaGenerator
+
+    with override_settings(ROOT_URLCONF=__name__):
+        schema = SchemaGenerator().get_schema(request=None, public=True)
+    op = schema["paths"]["/api/admin/forecasts"]["get"]
+    assert op["operationId"] == "forecasts"
+    assert "example" in str(op["responses"]["200"]["content"]["application/json"])
