@@ -26,6 +26,7 @@ urlpatterns = [
     path("api/admin/", include(admin_api)),
     path("api/v1/", include("jobs.consumer_api")),
     path("", include("alerts.urls")),
+    path("", include("metrics.urls")),
     path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

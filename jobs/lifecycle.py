@@ -31,6 +31,8 @@ from batchmon import live
 from jobs import rollups
 from jobs.models import RETRYABLE_ERROR_CODES, AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobType, ModelPrice
 from jobs.providers.openai_batch import ProviderFault, get_provider
+from metrics import points as metric_points
+from metrics import recorder
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +372,8 @@ def apply_results(job, now):
     except ProviderFault as exc:
         record_fault(job, exc, now)
         return 0
-    release_unanswered(job, now)
+    if release_unanswered(job, now):
+        recorder.record_many(metric_points.job_applied_points(job, now))
     return 1
 
 
@@ -569,14 +572,17 @@ def _failed_lines(job):
 
 
 def release_unanswered(job, now):
-    """Give every request of an ended job that got no line its next state, then mark the job applied."""
+    """Give every request of an ended job that got no line its next state, then mark the job applied.
+
+    Returns False when another worker had already done it.
+    """
     code, message = RELEASE_CODES[job.status]
     if job.status == BatchJob.Status.CANCELLED and job.cancel_reason == "timeout":
         code, message = "batch_timeout", TIMEOUT_MESSAGE
     with transaction.atomic():
         locked = BatchJob.objects.select_for_update().get(pk=job.pk)
         if locked.results_applied_at:
-            return
+            return False
         applied = _applied_at(now)
         open_requests = AIRequest.objects.filter(batch=job, status=AIRequest.Status.BATCHED)
         summary = dict(locked.error_summary)
@@ -618,6 +624,7 @@ def release_unanswered(job, now):
         add_to_counters(job.pk, deltas, error_summary=summary, results_applied_at=applied, lease_until=None, provider_fault_count=0)
         rollups.record_job_applied(job.pk)
         live.job_changed(job)
+    return True
 
 
 # --- one pass, by hand or by the scheduler ----------------------------------------------

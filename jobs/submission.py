@@ -11,6 +11,8 @@ from django.conf import settings
 from django.db import transaction
 
 from jobs.models import AIRequest, ModelPrice
+from metrics import points as metric_points
+from metrics import recorder
 
 CHUNK = 1000
 MAX_REPORTED_ERRORS = 100
@@ -161,4 +163,5 @@ def submit_lines(consumer, job_type, numbered_items, now, progress=None):
         raise SubmissionRejected(errors)
     if not result.ids:
         raise SubmissionRejected([{"line": 0, "field": "(body)", "message": "no requests in the submission"}])
+    recorder.record_many(metric_points.new_item_points(consumer, job_type, result.created, now))
     return result

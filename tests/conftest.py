@@ -80,3 +80,13 @@ def _fresh_cache():
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _empty_metrics_buffer():
+    """Points buffered by one test (the recorder is process-wide) are not flushed into the next."""
+    from metrics import recorder
+
+    recorder.default.clear()
+    yield
+    recorder.default.clear()

@@ -39,6 +39,11 @@ def layer(settings):
     consumers._open.clear()
 
 
+# Committed rows (database_sync_to_async closes "old" connections); serialized_rollback restores
+# the seeded prices and rules and keeps the flush from re-creating content types under later tests.
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+
 @pytest.fixture
 def staff(transactional_db):
     """database_sync_to_async closes "old" connections, so these tests commit (as Channels' docs advise)."""

@@ -11,6 +11,8 @@ from functools import lru_cache
 import openai
 from django.conf import settings
 
+from metrics.points import timed_call
+
 # OpenAI sends a file's lines in this many bytes per read; lines are re-assembled across reads.
 STREAM_CHUNK_BYTES = 1 << 20
 
@@ -24,9 +26,11 @@ class ProviderFault(Exception):
 
 
 @contextmanager
-def _faults_as_provider_fault():
+def _faults_as_provider_fault(call):
+    """One provider call: timed as a `worker_requests` point, its SDK errors turned into ProviderFault."""
     try:
-        yield
+        with timed_call(call):
+            yield
     except openai.APIStatusError as exc:
         raise ProviderFault(f"{exc.status_code}: {exc.message}", exc.status_code) from exc
     except openai.APIError as exc:  # connection, timeout, malformed reply
@@ -44,11 +48,11 @@ class BatchProvider:
         self._once = self.client.with_options(max_retries=0)
 
     def upload_input(self, path):
-        with _faults_as_provider_fault(), open(path, "rb") as fh:
+        with _faults_as_provider_fault("files.create"), open(path, "rb") as fh:
             return self._once.files.create(file=fh, purpose="batch").id
 
     def create_batch(self, input_file_id, endpoint, metadata):
-        with _faults_as_provider_fault():
+        with _faults_as_provider_fault("batches.create"):
             return self._once.batches.create(
                 input_file_id=input_file_id,
                 endpoint=endpoint,
@@ -57,12 +61,12 @@ class BatchProvider:
             )
 
     def retrieve_batch(self, batch_id):
-        with _faults_as_provider_fault():
+        with _faults_as_provider_fault("batches.retrieve"):
             return self.client.batches.retrieve(batch_id)
 
     def cancel_batch(self, batch_id):
         """Ask for cancellation; a batch that already ended answers 409, then its state is returned."""
-        with _faults_as_provider_fault():
+        with _faults_as_provider_fault("batches.cancel"):
             try:
                 return self.client.batches.cancel(batch_id)
             except openai.ConflictError:
@@ -70,7 +74,7 @@ class BatchProvider:
 
     def find_batch(self, metadata_key, value, created_after):
         """The batch whose metadata[key] == value, looking back to `created_after` (a Unix time)."""
-        with _faults_as_provider_fault():
+        with _faults_as_provider_fault("batches.list"):
             for batch in self.client.batches.list(limit=100):
                 if batch.created_at < created_after:
                     return None
@@ -80,7 +84,7 @@ class BatchProvider:
 
     def iter_file_lines(self, file_id):
         """Yield the lines of a provider file as bytes, streamed: never the whole file in memory."""
-        with _faults_as_provider_fault():
+        with _faults_as_provider_fault("files.content"):
             with self.client.files.with_streaming_response.content(file_id) as response:
                 tail = b""
                 for chunk in response.iter_bytes(STREAM_CHUNK_BYTES):
