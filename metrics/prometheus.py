@@ -71,8 +71,9 @@ BUCKETS = (60, 300, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 MAX_CONSUMER_LABELS = 50
 ERROR_RATIO_WINDOW = timedelta(hours=24)
 # Queries per scrape: jobs by type/status (+ faults, costs), requests by type/status, processing
-# histogram + 24 h outcomes, consumer count, per-consumer costs, scheduler heartbeats.
-SCRAPE_QUERIES = 6
+# histogram + 24 h outcomes, consumer count, per-consumer costs, scheduler heartbeats; then the
+# batch statistics of the last hour from metric rollups (8, whatever the number of points).
+SCRAPE_QUERIES = 6 + 8
 
 
 def _families():
@@ -209,13 +210,39 @@ def heartbeat_figures():
     return list(Task.objects.filter(group__in=names).values("group").annotate(last=Max("stopped")).order_by())
 
 
-def batch_stats_gauges(now=None):
-    """Gauges for the headline figures of metrics/batch_stats.py (seed 001's statistics).
+# seed 001's headline figures over the last hour, as gauges (name, key in batch_stats, help)
+BATCH_STATS_GAUGES = (
+    ("batchmon_batch_stats_throughput_per_second", "throughput", "Items finished per second over the last hour (batch statistics)."),
+    ("batchmon_batch_stats_peak_throughput_per_second", "peak_throughput", "Items finished per second in the busiest minute of the last hour."),
+    ("batchmon_batch_stats_error_ratio", "error_rate", "Failed / finished items over the last hour."),
+    ("batchmon_batch_stats_p95_processing_seconds", "p95_processing_time", "p95 of batch processing time over the last hour."),
+    ("batchmon_batch_stats_avg_queue_seconds", "avg_queue_time", "Mean time requests waited before their batch was submitted (last hour)."),
+    ("batchmon_batch_stats_p95_latency_seconds", "p95_latency", "p95 of end-to-end request latency over the last hour."),
+)
+BATCH_STATS_ANALYSIS_GAUGES = (
+    ("batchmon_batch_stats_stability_index", "stability_index", "1 − stdev/mean of processing time, clipped to [0, 1] (last hour)."),
+    ("batchmon_batch_stats_utilization_ratio", "utilization", "Arrivals per create cycle / batch capacity (Little's law)."),
+    ("batchmon_batch_stats_recommended_capacity", "recommended_capacity", "Recommended BATCH_MAX_REQUESTS for the current arrival rate."),
+)
 
-    Not wired yet: that module is being written beside this one and has no interface to read
-    here. Returns no families until it is; then it must stay a fixed number of queries.
-    """
-    return []
+
+def batch_stats_gauges(now=None):
+    """Gauges for seed 001's headline figures over the last hour, from metric rollups (fixed queries)."""
+    from metrics.batch_stats import batch_stats
+
+    figures = batch_stats(timedelta(hours=1), now=now)
+    families = []
+    for name, key, help_text in BATCH_STATS_GAUGES:
+        family = GaugeMetricFamily(name, help_text)
+        if figures.get(key) is not None:
+            family.add_metric([], float(figures[key]))
+        families.append(family)
+    for name, key, help_text in BATCH_STATS_ANALYSIS_GAUGES:
+        family = GaugeMetricFamily(name, help_text)
+        if figures["analysis"].get(key) is not None:
+            family.add_metric([], float(figures["analysis"][key]))
+        families.append(family)
+    return families
 
 
 class BatchmonCollector:

@@ -248,3 +248,23 @@ def test_a_database_failure_is_reported_not_raised(monkeypatch):
     assert m[("batchmon_scrape_success", ())] == 0
     assert not [k for k in m if k[0] == "batchmon_jobs"]
     assert connection.is_usable()
+
+
+def test_batch_stats_gauges_come_from_the_points_the_lifecycle_records(sandbox, submit):
+    """A real run records subtask_final points; once rolled up, the gauges show seed 001's figures."""
+    from django.utils import timezone
+
+    from jobs import lifecycle
+    from metrics import recorder
+    from metrics.rollups import roll_up
+
+    submit(30)
+    lifecycle.run_cycle(timezone.now())
+    recorder.flush()
+    roll_up()
+    registry = CollectorRegistry()
+    registry.register(BatchmonCollector())
+    values = samples(generate_latest(registry).decode())
+    assert values[("batchmon_batch_stats_throughput_per_second", ())] == pytest.approx(30 / 3600)
+    assert values[("batchmon_batch_stats_error_ratio", ())] == 0.0
+    assert values[("batchmon_batch_stats_recommended_capacity", ())] >= 1
