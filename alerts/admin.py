@@ -5,22 +5,9 @@ from django.db.models import Count
 from django.utils import timezone
 
 from alerts import actions
+from batchmon.admin import ReadOnlyAdmin
+from batchmon.models import client_ip
 from alerts.models import Alert, AlertRule, DeliveryAttempt, Notification, Silence
-
-
-def client_ip(request):
-    return request.META.get("REMOTE_ADDR")
-
-
-class ReadOnly:
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AlertRule)
@@ -63,7 +50,7 @@ class NotificationInline(admin.TabularInline):
 
 
 @admin.register(Alert)
-class AlertAdmin(ReadOnly, admin.ModelAdmin):
+class AlertAdmin(ReadOnlyAdmin):
     list_display = ("id", "summary", "state", "severity", "rule", "started_at", "fired_at", "resolved_at", "acknowledged_by", "silenced_by")
     list_filter = ("state", "severity", "rule")
     search_fields = ("summary", "=fingerprint")
@@ -146,7 +133,7 @@ class AttemptInline(admin.TabularInline):
 
 
 @admin.register(Notification)
-class NotificationAdmin(ReadOnly, admin.ModelAdmin):
+class NotificationAdmin(ReadOnlyAdmin):
     list_display = ("id", "kind", "channel", "policy", "status", "attempts", "alert_count", "created_at", "next_attempt_at", "sent_at", "response_code", "last_error")
     list_filter = ("status", "channel", "kind", "policy")
     search_fields = ("=id", "dedup_key")
@@ -163,7 +150,7 @@ class NotificationAdmin(ReadOnly, admin.ModelAdmin):
 
 
 @admin.register(DeliveryAttempt)
-class DeliveryAttemptAdmin(ReadOnly, admin.ModelAdmin):
+class DeliveryAttemptAdmin(ReadOnlyAdmin):
     list_display = ("id", "notification", "at", "ok", "response_code", "error", "duration_ms")
     list_filter = ("ok",)
     list_select_related = ("notification",)

@@ -2,6 +2,11 @@ from django.conf import settings
 from django.db import models
 
 
+def client_ip(request):
+    """The address an audit row records for a request."""
+    return request.META.get("REMOTE_ADDR")
+
+
 class AuditEvent(models.Model):
     """One row per staff action and per monitoring access: who, what, on what, from where."""
 

@@ -2,25 +2,10 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from batchmon.admin import ReadOnlyAdmin
+from batchmon.models import client_ip
 from jobs import actions
 from jobs.models import AIRequest, BatchJob, BatchTransition, Consumer, JobType, ModelPrice
-
-
-def client_ip(request):
-    return request.META.get("REMOTE_ADDR")
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """History and outcomes are written by the lifecycle only; staff read them."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Consumer)

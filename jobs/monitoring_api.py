@@ -18,14 +18,10 @@ from rest_framework.views import APIView
 from alerts.config import alert_configuration, update_alert_configuration
 from alerts.models import AlertRule
 from batchmon.api import STAFF_AUTHENTICATION, AdminRateThrottle, Conflict, IsStaff
-from batchmon.models import AuditEvent
+from batchmon.models import AuditEvent, client_ip
 from jobs import actions, stats
 from jobs import api_schemas as schemas
 from jobs.models import BatchJob, Consumer, JobType
-
-
-def client_ip(request):
-    return request.META.get("REMOTE_ADDR")
 
 
 class AuditedStaffView(APIView):

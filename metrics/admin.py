@@ -1,19 +1,7 @@
 from django.contrib import admin
 
+from batchmon.admin import ReadOnlyAdmin
 from metrics.models import MetricPoint, RecorderLoss, Rollup, RollupState
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Points and rollups are written by ingestion and the roll-up task only; staff read them."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(MetricPoint)

@@ -90,3 +90,10 @@ def _empty_metrics_buffer():
     recorder.default.clear()
     yield
     recorder.default.clear()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Browser tests last: Playwright's sync API keeps an event loop running in the main thread for
+    the rest of the session, which the async (Channels) tests cannot share."""
+    items.sort(key=lambda item: item.module.__name__.endswith("_browser"))
