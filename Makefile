@@ -21,8 +21,11 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The benchmarks (see README, Performance); monitoring_api.py wants DATABASE_URL on PostgreSQL.
 bench: venv
 	$(BIN)/python bench/results.py
+	$(BIN)/python bench/query.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) var
