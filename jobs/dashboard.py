@@ -53,7 +53,18 @@ def _alerts_api():
     return {"list": list_url, "ack": _id_template("alerts-ack") or list_url.rstrip("/") + "/{id}/ack"}
 
 
+def _live(request):
+    """The WebSocket path when this request came in over ASGI (daphne, `runserver` with daphne):
+    only an ASGI server routes /ws/monitoring/. Under a WSGI server (gunicorn, Django's test
+    live_server) the page polls and never tries a socket, which Chromium would log as an error."""
+    scope = getattr(request, "scope", None)  # django.core.handlers.asgi.ASGIRequest only
+    if not isinstance(scope, dict) or scope.get("type") != "http" or not getattr(settings, "CHANNEL_LAYERS", None):
+        return None
+    return "/ws/monitoring/"
+
+
 def _page_config(request):
+    live_path = _live(request)
     return {
         "api": {
             "monitoring": reverse("batch-monitoring"),
@@ -72,6 +83,8 @@ def _page_config(request):
             "login": reverse("admin:login"),
         },
         "refreshSeconds": _seconds(request, "DASHBOARD_REFRESH_SECONDS", 30),
+        "live": live_path is not None,
+        "livePath": live_path,
         "alertRefreshSeconds": getattr(settings, "DASHBOARD_ALERT_REFRESH_SECONDS", 10),
         "detailRefreshSeconds": _seconds(request, "DASHBOARD_DETAIL_REFRESH_SECONDS", 60),
         "timeZone": settings.TIME_ZONE if settings.USE_TZ else "UTC",

@@ -212,7 +212,11 @@
     }
   };
 
-  /* ---------- the refresh loop: setTimeout after each run, a pause switch, hidden tabs skip ---------- */
+  /* ---------- the refresh loop: setTimeout after each run, a pause switch, hidden tabs skip ----------
+   * setLive(true) says pushes (the WebSocket) now bring the changes: the timer then only runs as a
+   * safety net, at LIVE_FACTOR times the interval, and the status line says "live"; setLive(false)
+   * goes back to polling every `seconds`. */
+  const LIVE_FACTOR = 5;
   bm.refresher = function (run, seconds) {
     const toggle = document.getElementById("auto-refresh");
     const status = document.getElementById("refresh-status");
@@ -223,6 +227,20 @@
     let count = 0;
     let delay = seconds;
     let last = 0;
+    let live = false;
+    let failed = false;
+
+    const interval = () => (live ? seconds * LIVE_FACTOR : seconds);
+    function suffix() {
+      if (!toggle.checked) return " · auto-refresh paused";
+      if (failed) return " · retrying in " + delay + " s";
+      return live ? " · live" : " · every " + seconds + " s";
+    }
+    const SUFFIX = / · (live|every \d+ s|auto-refresh paused|retrying in \d+ s)$/;
+    function showMode() {
+      status.dataset.mode = live ? "live" : "polling";
+      if (SUFFIX.test(status.textContent)) status.textContent = status.textContent.replace(SUFFIX, "") + suffix();
+    }
 
     function schedule() {
       clearTimeout(timer);
@@ -248,13 +266,13 @@
           }
           count += 1;
           status.dataset.refreshCount = String(count);
-          const next = toggle.checked ? " · next in " + delay + " s" : " · auto-refresh paused";
-          if (outcome.error) {
+          failed = !!outcome.error;
+          if (failed) {
             delay = Math.max(seconds, outcome.error.retryAfter || 0);
-            status.textContent = "Refresh failed at " + fmt.clock() + (toggle.checked ? " · retrying in " + delay + " s" : "");
+            status.textContent = "Refresh failed at " + fmt.clock() + (toggle.checked ? suffix() : "");
           } else {
-            delay = seconds;
-            status.textContent = "Updated " + fmt.clock() + " (" + fmt.zone + ")" + next;
+            delay = interval();
+            status.textContent = "Updated " + fmt.clock() + " (" + fmt.zone + ")" + suffix();
           }
         } while (again);
       })();
@@ -266,9 +284,20 @@
         schedule();
       }
     }
+    function setLive(value) {
+      value = !!value;
+      if (value === live) return;
+      live = value;
+      if (!failed) delay = interval();
+      showMode();
+      if (running) return; // its end schedules the timer with the new delay
+      // back to polling after a long quiet socket: catch up at once rather than a full period later
+      if (!live && toggle.checked && !document.hidden && last && Date.now() - last > delay * 1000) go();
+      else schedule();
+    }
     toggle.addEventListener("change", () => {
-      const text = status.textContent.replace(/ · (next in \d+ s|auto-refresh paused|retrying in \d+ s)$/, "");
-      status.textContent = text + (toggle.checked ? " · next in " + delay + " s" : " · auto-refresh paused");
+      const text = status.textContent.replace(SUFFIX, "");
+      status.textContent = text + suffix();
       schedule();
     });
     now.addEventListener("click", () => go());
@@ -276,6 +305,102 @@
       // a tab in the background skips its refreshes; coming back brings it up to date at once
       if (!document.hidden && toggle.checked && !running && Date.now() - last > delay * 1000) go();
     });
-    return { refresh: go, schedule, get count() { return count; } };
+    status.dataset.mode = "polling";
+    return {
+      refresh: go,
+      schedule,
+      setLive,
+      get live() {
+        return live;
+      },
+      get count() {
+        return count;
+      },
+    };
+  };
+
+  /* ---------- live push: the /ws/monitoring/ WebSocket ----------
+   * bm.live({path, subscribe, onUpdate, onState}) keeps one socket open: it subscribes, sends a
+   * heartbeat every heartbeatInterval, calls onUpdate(message) for each update (not for the first
+   * state sent right after the first subscription: the page has just loaded that) and onState(true|false)
+   * when pushes start or stop. A lost socket is opened again with backoff (1 s doubling to 60 s);
+   * 4401/4403 (logged out, not staff) stop the attempts. Only used when config.live says the page
+   * came from an ASGI server, which routes the socket. */
+  bm.live = function ({ path, subscribe, onUpdate, onState }) {
+    if (!("WebSocket" in window) || !path) return null;
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
+    let socket = null;
+    let heartbeat = null;
+    let retry = null;
+    let backoff = 1;
+    let open = false;
+    let everSubscribed = false;
+    let skipFirst = 0;
+    let stopped = false;
+
+    function state(value) {
+      if (value === open) return;
+      open = value;
+      onState(value);
+    }
+    function connect() {
+      retry = null;
+      let ws;
+      try {
+        ws = new WebSocket(url);
+      } catch (error) {
+        return later();
+      }
+      socket = ws;
+      ws.addEventListener("message", (event) => {
+        let message;
+        try {
+          message = JSON.parse(event.data);
+        } catch (error) {
+          return;
+        }
+        if (message.type === "connected") {
+          clearInterval(heartbeat);
+          const every = Math.max(1, Number(message.heartbeatInterval) || 30);
+          heartbeat = setInterval(() => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify({ type: "heartbeat" })), every * 1000);
+          for (const sub of subscribe) ws.send(JSON.stringify(Object.assign({ type: "subscribe" }, sub)));
+        } else if (message.type === "subscribed") {
+          if (!everSubscribed) skipFirst += 1; // its first state is what the page loaded already
+          backoff = 1;
+          state(true);
+        } else if (message.type === "update") {
+          if (skipFirst > 0) skipFirst -= 1;
+          else onUpdate(message);
+        }
+      });
+      ws.addEventListener("close", (event) => {
+        if (socket !== ws) return;
+        socket = null;
+        clearInterval(heartbeat);
+        if (open) everSubscribed = true;
+        skipFirst = 0;
+        state(false);
+        if (event.code === 4401 || event.code === 4403) stopped = true; // the API calls say why
+        later();
+      });
+    }
+    function later() {
+      if (stopped || retry) return;
+      retry = setTimeout(connect, backoff * 1000);
+      backoff = Math.min(backoff * 2, 60);
+    }
+    window.addEventListener("pagehide", () => {
+      stopped = true;
+      if (socket) socket.close(1000);
+    });
+    connect();
+    return {
+      get open() {
+        return open;
+      },
+      get socket() {
+        return socket; // the current WebSocket, or null (for scripts and tests)
+      },
+    };
   };
 })();
