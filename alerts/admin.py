@@ -7,7 +7,7 @@ from django.utils import timezone
 from alerts import actions
 from batchmon.admin import ReadOnlyAdmin
 from batchmon.models import client_ip
-from alerts.models import Alert, AlertRule, DeliveryAttempt, Notification, Silence
+from alerts.models import Alert, AlertRule, DeliveryAttempt, Insight, Notification, Silence
 
 
 @admin.register(AlertRule)
@@ -154,3 +154,11 @@ class DeliveryAttemptAdmin(ReadOnlyAdmin):
     list_display = ("id", "notification", "at", "ok", "response_code", "error", "duration_ms")
     list_filter = ("ok",)
     list_select_related = ("notification",)
+
+
+@admin.register(Insight)
+class InsightAdmin(ReadOnlyAdmin):
+    list_display = ("id", "title", "kind", "series_key", "severity", "detected_at", "expires_at")
+    list_filter = ("kind", "series_key", "severity")
+    search_fields = ("title", "explanation", "=fingerprint")
+    date_hierarchy = "detected_at"

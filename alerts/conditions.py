@@ -19,6 +19,7 @@ the evaluator turns it into a fingerprint. Every function reads a fixed number o
 | scheduler_heartbeat | 2 (cached per evaluation) | age of the newest successful run of each lifecycle schedule / its interval |
 | spend | 1 | batch-price cost of jobs that ended since the start of the UTC day or month, USD |
 | metric_query | ≤ 4 (metrics.query) | the aggregate of a series' field over the window |
+| insight | 1 | severity rank (1 low, 2 medium, 3 high) of each active insight (alerts.insights); `query_series` limits it to one series_key |
 
 Definitions follow jobs.stats: "ended" is finished_at, "started" is in_progress_at or else the
 provider's created_at. Scope: a rule's job type and consumer restrict the rows (a consumer's
@@ -420,6 +421,31 @@ def metric_query(rule, now, cache):
     return out
 
 
+# --- insights ---------------------------------------------------------------------------------------
+
+
+def insight(rule, now, cache):
+    """One breach per active insight whose severity rank compares to the threshold (e.g. gte 2: medium or high).
+
+    `query_series` (if set) keeps insights of that series_key only; a job type or consumer scope
+    keeps those whose scope names it. The alert resolves when the insight expires.
+    """
+    from alerts.models import Insight
+
+    rows = Insight.objects.active(now).filter(**{f"severity_rank__{rule.comparison}": rule.threshold})
+    if rule.query_series:
+        rows = rows.filter(series_key=rule.query_series)
+    if rule.job_type_id:
+        rows = rows.filter(scope__job_type=rule.job_type.name)
+    if rule.consumer_id:
+        rows = rows.filter(scope__consumer=rule.consumer.name)
+    out = []
+    for row in rows.order_by("id").values("kind", "series_key", "scope", "severity", "severity_rank", "explanation"):
+        key = {"insight": row["kind"], "series": row["series_key"], **{k: str(v) for k, v in (row["scope"] or {}).items()}}
+        out.append(Breach(key, float(row["severity_rank"]), f"{row['severity']} {row['kind']} insight: {row['explanation']}"))
+    return out
+
+
 MEASURES = {
     M.ERROR_RATE: error_rate,
     M.PROCESSING_TIME: processing_time,
@@ -432,5 +458,6 @@ MEASURES = {
     M.SCHEDULER_HEARTBEAT: scheduler_heartbeat,
     M.SPEND: spend,
     M.METRIC_QUERY: metric_query,
+    M.INSIGHT: insight,
 }
 assert set(MEASURES) == set(M.values)

@@ -35,6 +35,8 @@ class AlertRule(models.Model):
         # budgets and anything recorded as a metric
         SPEND = "spend", "spend at batch price this day or month (USD)"
         METRIC_QUERY = "metric_query", "a metric query (series, field, aggregate, window)"
+        # fed by alerts.insights: the severity rank (1 low, 2 medium, 3 high) of an active insight
+        INSIGHT = "insight", "severity of an active insight (1 low, 2 medium, 3 high)"
 
     AGGREGATE_METRICS = (Metric.ERROR_RATE, Metric.PROCESSING_TIME, Metric.THROUGHPUT, Metric.BATCH_FAILURES, Metric.SPEND)
     BATCH_METRICS = (Metric.STUCK_BATCH, Metric.LATE_BATCH, Metric.UNFINISHED_BATCH, Metric.FAILED_SHARE)
@@ -331,3 +333,50 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self):
         return f"{self.notification_id} @ {self.at:%Y-%m-%d %H:%M:%S}: {'ok' if self.ok else 'failed'}"
+
+
+class InsightQuerySet(models.QuerySet):
+    def active(self, now):
+        """Insights that have not expired at `now`."""
+        return self.filter(expires_at__gt=now)
+
+
+class Insight(models.Model):
+    """A trend or an anomaly alerts.insights found on a key series, until it expires.
+
+    One row per fingerprint (kind, series and scope): re-running the detection updates the row
+    (numbers, detected_at, expires_at) instead of adding one; expired rows are deleted by the
+    next run and are never shown (`Insight.objects.active(now)`).
+    """
+
+    class Kind(models.TextChoices):
+        TREND = "trend"
+        ANOMALY = "anomaly"
+
+    class Severity(models.TextChoices):
+        LOW = "low"
+        MEDIUM = "medium"
+        HIGH = "high"
+
+    SEVERITY_RANK = {Severity.LOW: 1, Severity.MEDIUM: 2, Severity.HIGH: 3}
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    series_key = models.CharField(max_length=40, help_text="error_rate, throughput, processing_time or queue_depth.")
+    scope = models.JSONField(default=dict, blank=True, help_text="Tags the series was read with (empty: everything).")
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    severity_rank = models.PositiveSmallIntegerField(help_text="1 low, 2 medium, 3 high (what insight alert rules compare).")
+    title = models.CharField(max_length=200)
+    explanation = models.TextField(help_text="One sentence with the numbers behind it.")
+    numbers = models.JSONField(default=dict, help_text="Trend: slope, mean, relative change, dead band; anomaly: value, median, MAD, z.")
+    detected_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    fingerprint = models.CharField(max_length=64, unique=True, help_text="Kind, series and scope: one row per fingerprint.")
+
+    objects = InsightQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-severity_rank", "-detected_at", "id"]
+        indexes = [models.Index(fields=["expires_at"], name="insight_expires_idx")]
+
+    def __str__(self):
+        return f"{self.title} [{self.severity}]"

@@ -12,6 +12,7 @@ MONITORING_SCHEDULES = {
     "batchmon: roll up metrics": ("metrics.tasks.roll_up", "METRICS_ROLLUP_INTERVAL"),
     "batchmon: purge metrics": ("metrics.tasks.purge", "METRICS_PURGE_INTERVAL"),
     "batchmon: evaluate alerts": ("alerts.tasks.evaluate", "ALERT_EVALUATION_INTERVAL"),
+    "batchmon: find insights": ("alerts.insights.find_insights", "INSIGHTS_INTERVAL"),
 }
 
 

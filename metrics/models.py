@@ -10,6 +10,9 @@ max and a mergeable quantile sketch (metrics.sketch), so count/sum/avg/min/max/s
 p50/p95/p99 over any window come from a handful of rollup rows, never from a raw scan.
 """
 
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F
 
@@ -116,3 +119,82 @@ class RecorderLoss(models.Model):
             obj, created = cls.objects.get_or_create(reason=reason, defaults={"points": points, "updated_at": at})
             if not created:
                 cls.objects.filter(reason=reason).update(points=F("points") + points, updated_at=at)
+
+
+class Kpi(models.Model):
+    """A KPI widget: one aggregate of a metric over a trailing window, judged against thresholds.
+
+    Status (metrics.kpis.status_of), by `direction`:
+
+    - higher_is_better (thresholds ordered critical <= warning <= target):
+      value < critical → "critical"; otherwise value < warning → "warning"; otherwise "ok".
+    - lower_is_better (thresholds ordered critical >= warning >= target):
+      value > critical → "critical"; otherwise value > warning → "warning"; otherwise "ok".
+    - no value (the avg, min, max or a percentile of no points) → "no_data".
+
+    A value exactly at a threshold is on the good side of it. `target` is what the KPI aims
+    for; it is shown, and bounds the warning threshold, but does not change the status.
+    """
+
+    class Aggregate(models.TextChoices):
+        COUNT = "count"
+        SUM = "sum"
+        AVG = "avg"
+        MIN = "min"
+        MAX = "max"
+        P50 = "p50"
+        P95 = "p95"
+        P99 = "p99"
+        RATE = "rate", "rate (count per second)"
+
+    class Direction(models.TextChoices):
+        HIGHER_IS_BETTER = "higher_is_better", "higher is better"
+        LOWER_IS_BETTER = "lower_is_better", "lower is better"
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    series = models.CharField(max_length=SERIES_MAX)
+    field = models.CharField(max_length=FIELD_MAX)
+    aggregate = models.CharField(max_length=5, choices=Aggregate.choices, default=Aggregate.AVG)
+    window = models.DurationField(default=timedelta(hours=24), help_text="Trailing window the value is computed over (whole minutes, 1 minute to 366 days).")
+    where_tags = models.JSONField(default=dict, blank=True, help_text='Only points with these tag values, e.g. {"job_type": "ai_analysis"}.')
+    target = models.FloatField()
+    warning = models.FloatField(help_text="Crossing it (below when higher is better, above when lower is better) is a warning.")
+    critical = models.FloatField(help_text="Crossing it is critical.")
+    direction = models.CharField(max_length=16, choices=Direction.choices, default=Direction.HIGHER_IS_BETTER)
+    unit = models.CharField(max_length=16, blank=True, help_text='Shown after the value, e.g. "ms", "%", "USD".')
+    is_enabled = models.BooleanField(default=True)
+    order = models.IntegerField(default=0, help_text="Widgets are shown by order, then name.")
+
+    class Meta:
+        ordering = ["order", "name"]
+        verbose_name = "KPI"
+        verbose_name_plural = "KPIs"
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        errors = {}
+        window = self.window
+        if window is not None:
+            if window < timedelta(minutes=1) or window > timedelta(days=366):
+                errors["window"] = "must be between 1 minute and 366 days"
+            elif window % timedelta(minutes=1):
+                errors["window"] = "must be a whole number of minutes"
+        if not isinstance(self.where_tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in self.where_tags.items()):
+            errors["where_tags"] = 'must be an object of tag name to text value, e.g. {"job_type": "ai_analysis"}'
+        target, warning, critical = self.target, self.warning, self.critical
+        if None not in (target, warning, critical):
+            if self.direction == self.Direction.HIGHER_IS_BETTER:
+                if warning > target:
+                    errors["warning"] = f"must be at most the target ({target:g}) when higher is better"
+                if critical > warning:
+                    errors["critical"] = f"must be at most the warning threshold ({warning:g}) when higher is better"
+            elif self.direction == self.Direction.LOWER_IS_BETTER:
+                if warning < target:
+                    errors["warning"] = f"must be at least the target ({target:g}) when lower is better"
+                if critical < warning:
+                    errors["critical"] = f"must be at least the warning threshold ({warning:g}) when lower is better"
+        if errors:
+            raise ValidationError(errors)

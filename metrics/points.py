@@ -5,7 +5,7 @@ Each builder returns point dicts `{"series", "time", "tags", "fields"}` for
 
 | series | when | tags | fields |
 |---|---|---|---|
-| `subtask_final` | a job's results are fully applied: one point for the job (`scope=job`) and one per consumer with requests in it (`scope=consumer`) | job_type, model, status, scope, consumer (per-consumer points) | batch_id (text), requests, succeeded, failed, requeued, cancelled, finished (= succeeded + failed), processing_time, queue_time, provider_wait, apply_time, latency, queue_length |
+| `subtask_final` | a job's results are fully applied: one point for the job (`scope=job`) and one per consumer with requests in it (`scope=consumer`) | job_type, model, status, scope, consumer (per-consumer points) | batch_id (text), requests, succeeded, failed, requeued, cancelled, finished (= succeeded + failed), cost_batch (USD), processing_time, queue_time, provider_wait, apply_time, latency, queue_length |
 | `worker_queue` | same moment, one per job | job_type, model | transport_time: submitted → the provider started work (s) |
 | `new_item` | requests accepted from a consumer: one point per request | job_type, consumer | count = 1 |
 | `poller_heartbeat` | every scheduler tick: one global point (`scope=all`) and one per consumer with work in flight | step, scope, consumer | queued, in_progress, waiting |
@@ -107,6 +107,7 @@ def job_applied_points(job, now=None, queue_length=None):
                 "requeued": job.requeued_count,
                 "cancelled": job.cancelled_count,
                 "finished": job.succeeded_count + job.failed_count,
+                "cost_batch": float(job.cost_batch),
                 "queue_time": weighted(rows, "queue"),
                 "latency": weighted(rows, "latency"),
             },
@@ -127,6 +128,7 @@ def job_applied_points(job, now=None, queue_length=None):
                     "requeued": share.requeued_count,
                     "cancelled": share.cancelled_count,
                     "finished": share.succeeded_count + share.failed_count,
+                    "cost_batch": float(share.cost_batch),
                     "queue_time": _mean_seconds(row.get("queue")),
                     "latency": _mean_seconds(row.get("latency")),
                 },

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from metrics import views
+from metrics import kpis, views
 
 urlpatterns = [
     path("write", views.influx_write, name="influx-write"),
@@ -10,4 +10,5 @@ urlpatterns = [
     path("api/v1/metrics", views.PointsIngestView.as_view(), name="metrics-ingest"),
     path("api/v1/metrics/query", views.MetricsQueryView.as_view(), name="metrics-query"),
     path("api/admin/batch-stats", views.BatchStatsView.as_view(), name="batch-stats"),
+    path("api/admin/kpis", kpis.KpiListView.as_view(), name="kpis"),
 ]

@@ -29,11 +29,12 @@ def test_schedules_follow_the_cron_settings(settings):
         "metrics.tasks.roll_up": settings.METRICS_ROLLUP_INTERVAL,
         "metrics.tasks.purge": settings.METRICS_PURGE_INTERVAL,
         "alerts.tasks.evaluate": settings.ALERT_EVALUATION_INTERVAL,
+        "alerts.insights.find_insights": settings.INSIGHTS_INTERVAL,
     }
     settings.BATCH_PROCESSING_ENABLED = False
     sync_schedules()
     assert not Schedule.objects.filter(name__in=SCHEDULES).exists()
-    assert Schedule.objects.filter(name__in=MONITORING_SCHEDULES).count() == 3  # monitoring goes on
+    assert Schedule.objects.filter(name__in=MONITORING_SCHEDULES).count() == 4  # monitoring goes on
 
 
 def run_due_tasks(broker, expected):

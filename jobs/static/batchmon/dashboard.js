@@ -78,9 +78,11 @@
     const full = key !== scoped.key || Date.now() - scoped.at >= config.refreshSeconds * 1000 - 250;
     let previous = null;
     let breakdowns = null;
+    let kpis = null;
     if (full) {
       previous = state.offsetSupported === false ? null : bm.api(monitoringUrl({ offset: state.timeRange, limit: 1 })).catch(() => null);
       breakdowns = loadBreakdowns();
+      kpis = loadKpis();
     }
     let data;
     try {
@@ -88,7 +90,7 @@
     } catch (error) {
       bm.showError(error, "the monitoring figures");
       document.body.classList.add("bm-stale");
-      await Promise.allSettled([previous, breakdowns]);
+      await Promise.allSettled([previous, breakdowns, kpis]);
       return { error };
     }
     bm.showError(null);
@@ -110,6 +112,7 @@
     renderCards(data, scoped.previous);
     if (full) {
       renderBreakdowns(await breakdowns);
+      await kpis;
       scoped.key = key;
       scoped.at = Date.now();
     }
@@ -457,6 +460,92 @@
       previous = tr;
     }
     for (const tr of existing.values()) tr.remove();
+  }
+
+  /* ---------- KPI widgets (GET /api/admin/kpis), fetched with each full refresh ---------- */
+  const SVG = "http://www.w3.org/2000/svg";
+  const KPI_STATUS = { ok: "OK", warning: "Warning", critical: "Critical", no_data: "No data" };
+  function svg(tag, attrs) {
+    const el = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (key === "text") el.textContent = value;
+      else el.setAttribute(key, value);
+    }
+    return el;
+  }
+  function withUnit(value, unit) {
+    if (value === null || value === undefined) return "—";
+    return fmt.num(value) + (unit ? (unit === "%" ? "%" : " " + unit) : "");
+  }
+  /* A line through the non-null points (gaps where a bucket has no value), with a text label. */
+  function sparkline(kpi) {
+    const width = 160;
+    const height = 36;
+    const pad = 3;
+    const points = kpi.sparkline || [];
+    const values = points.map((p) => p.value).filter((v) => v !== null && v !== undefined);
+    const shown = values.filter((v, i) => i === 0 || i === values.length - 1);
+    const label =
+      kpi.name +
+      " trend, " +
+      points.length +
+      " points" +
+      (values.length ? ": from " + withUnit(shown[0], kpi.unit) + " to " + withUnit(shown[shown.length - 1], kpi.unit) + ", lowest " + withUnit(Math.min(...values), kpi.unit) + ", highest " + withUnit(Math.max(...values), kpi.unit) : ": no values");
+    const root = svg("svg", { class: "bm-sparkline", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label });
+    root.append(svg("title", { text: label }));
+    if (values.length) {
+      const low = Math.min(...values);
+      const high = Math.max(...values);
+      const span = high - low || 1;
+      const x = (i) => pad + (points.length > 1 ? (i / (points.length - 1)) * (width - 2 * pad) : (width - 2 * pad) / 2);
+      const y = (v) => (high === low ? height / 2 : pad + (1 - (v - low) / span) * (height - 2 * pad));
+      let d = "";
+      let pen = false;
+      points.forEach((p, i) => {
+        if (p.value === null || p.value === undefined) {
+          pen = false;
+          return;
+        }
+        d += (pen ? " L" : " M") + x(i).toFixed(1) + " " + y(p.value).toFixed(1);
+        pen = true;
+      });
+      root.append(svg("path", { d: d.trim(), class: "bm-sparkline-line", fill: "none" }));
+      const last = points.length - 1 - [...points].reverse().findIndex((p) => p.value !== null && p.value !== undefined);
+      root.append(svg("circle", { cx: x(last).toFixed(1), cy: y(points[last].value).toFixed(1), r: 2.5, class: "bm-sparkline-dot" }));
+    }
+    return root;
+  }
+  function kpiWidget(kpi) {
+    const status = KPI_STATUS[kpi.status] || kpi.status;
+    const better = kpi.direction === "lower_is_better" ? "lower is better" : "higher is better";
+    return h(
+      "li",
+      { class: "bm-kpi", dataset: { kpiStatus: kpi.status, kpiName: kpi.name } },
+      h("h3", { class: "bm-kpi-name", text: kpi.name }),
+      h("p", { class: "bm-kpi-value" }, h("span", { "data-field": "value", text: withUnit(kpi.value, kpi.unit) }), " ", h("span", { class: "bm-badge bm-kpi-badge", dataset: { kpiStatus: kpi.status }, text: status })),
+      h("p", { class: "bm-sub", text: "Target " + withUnit(kpi.target, kpi.unit) + " · warning " + withUnit(kpi.warning, kpi.unit) + " · critical " + withUnit(kpi.critical, kpi.unit) + " (" + better + ")" }),
+      sparkline(kpi),
+      kpi.description ? h("p", { class: "bm-sub", text: kpi.description }) : null
+    );
+  }
+  async function loadKpis() {
+    const panel = $("kpis-panel");
+    if (!panel) return;
+    const status = $("kpis-status");
+    const list = $("kpis-list");
+    const empty = $("kpis-empty");
+    try {
+      const data = await bm.api(panel.dataset.kpisApi);
+      const kpis = (data && data.kpis) || [];
+      empty.hidden = kpis.length > 0;
+      list.hidden = kpis.length === 0;
+      replace(list, ...kpis.map(kpiWidget));
+      status.textContent = kpis.length ? kpis.length + (kpis.length === 1 ? " KPI" : " KPIs") + ", updated " + fmt.clock() : "";
+      status.hidden = kpis.length === 0;
+    } catch (error) {
+      status.hidden = false;
+      status.textContent = "Could not load the KPIs: " + error.message;
+    }
   }
 
   /* ---------- alerts ---------- */
