@@ -35,34 +35,27 @@ def env_bool(name, default):
     raise bad(name, value, "expected true or false")
 
 
-def env_int(name, default, minimum=None, maximum=None):
+def _env_number(name, default, kind, expected, minimum, maximum):
     value = _raw(name, None)
     if value is None:
         return default
     try:
-        number = int(value)
+        number = kind(value)
     except ValueError:
-        raise bad(name, value, "expected a whole number") from None
+        raise bad(name, value, f"expected {expected}") from None
     if minimum is not None and number < minimum:
         raise bad(name, value, f"must be at least {minimum}")
     if maximum is not None and number > maximum:
         raise bad(name, value, f"must be at most {maximum}")
     return number
+
+
+def env_int(name, default, minimum=None, maximum=None):
+    return _env_number(name, default, int, "a whole number", minimum, maximum)
 
 
 def env_float(name, default, minimum=None, maximum=None):
-    value = _raw(name, None)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise bad(name, value, "expected a number") from None
-    if minimum is not None and number < minimum:
-        raise bad(name, value, f"must be at least {minimum}")
-    if maximum is not None and number > maximum:
-        raise bad(name, value, f"must be at most {maximum}")
-    return number
+    return _env_number(name, default, float, "a number", minimum, maximum)
 
 
 def env_cron(name, default):
