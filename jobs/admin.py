@@ -5,7 +5,7 @@ from django.utils import timezone
 from batchmon.admin import ReadOnlyAdmin
 from batchmon.models import client_ip
 from jobs import actions
-from jobs.models import AIRequest, BatchJob, BatchTransition, Consumer, JobType, ModelPrice
+from jobs.models import AIRequest, BatchJob, BatchProgress, BatchTransition, Consumer, JobType, ModelPrice
 
 
 @admin.register(Consumer)
@@ -157,6 +157,14 @@ class BatchJobAdmin(ReadOnlyAdmin):
                 messages.warning(request, str(exc))
             else:
                 messages.success(request, f"Job {job.pk}: cancellation requested.")
+
+
+@admin.register(BatchProgress)
+class BatchProgressAdmin(ReadOnlyAdmin):
+    list_display = ("at", "job", "total", "completed", "failed")
+    list_select_related = ("job",)
+    search_fields = ("=job__id", "=job__provider_batch_id")
+    date_hierarchy = "at"
 
 
 @admin.register(BatchTransition)

@@ -29,7 +29,7 @@ from django.utils import timezone as djtz
 
 from batchmon import live
 from jobs import rollups
-from jobs.models import RETRYABLE_ERROR_CODES, AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobType, ModelPrice
+from jobs.models import RETRYABLE_ERROR_CODES, AIRequest, BatchJob, BatchJobConsumer, BatchProgress, BatchTransition, JobType, ModelPrice
 from jobs.providers.openai_batch import ProviderFault, get_provider
 from metrics import points as metric_points
 from metrics import recorder
@@ -306,10 +306,15 @@ def check_job(job, now):
 
 
 def apply_provider_state(job, batch, now, reason):
-    """Mirror the provider's view of a locked job; a status change writes its transition row."""
+    """Mirror the provider's view of a locked job; a status change writes its transition row and
+    changed line counts a progress sample (the finish-time forecast's series)."""
     counts = batch.request_counts
     if counts is not None:
-        job.provider_total, job.provider_completed, job.provider_failed = counts.total, counts.completed, counts.failed
+        seen = (counts.total, counts.completed, counts.failed)
+        if seen != (job.provider_total, job.provider_completed, job.provider_failed):
+            BatchProgress.objects.create(job=job, at=now, total=counts.total, completed=counts.completed, failed=counts.failed)
+        job.provider_total, job.provider_completed, job.provider_failed = seen
+    job.checked_at = now
     for name in PROVIDER_TIMESTAMPS:
         value = _ts(getattr(batch, name, None))
         if value:
@@ -340,6 +345,7 @@ def apply_provider_state(job, batch, now, reason):
             "lease_until",
             "provider_fault_count",
             "last_provider_error",
+            "checked_at",
         ]
     )
 

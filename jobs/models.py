@@ -297,6 +297,7 @@ class BatchJob(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     cancel_reason = models.CharField(max_length=20, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="When the provider's view was last read.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -333,6 +334,27 @@ class BatchTransition(models.Model):
 
     def __str__(self):
         return f"{self.job_id}: {self.from_status or '∅'} → {self.to_status}"
+
+
+class BatchProgress(models.Model):
+    """The provider's line counts of a job each time a check saw them change: the series the
+    finish-time forecast fits (jobs.forecasts). At most one row per check, none while idle."""
+
+    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="progress_samples")
+    at = models.DateTimeField()
+    total = models.PositiveIntegerField()
+    completed = models.PositiveIntegerField()
+    failed = models.PositiveIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["job", "at"], name="batch_progress_job_at_idx")]
+
+    def __str__(self):
+        return f"job {self.job_id} at {self.at:%Y-%m-%d %H:%M:%S}: {self.completed}+{self.failed}/{self.total}"
+
+    @property
+    def done(self):
+        return self.completed + self.failed
 
 
 class BatchJobConsumer(models.Model):

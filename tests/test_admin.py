@@ -24,12 +24,14 @@ def finished_job(sandbox, submit, job_type):
 
 
 @pytest.mark.parametrize(
-    "model", ["jobs.consumer", "jobs.jobtype", "jobs.modelprice", "jobs.airequest", "jobs.batchjob", "jobs.batchtransition", "batchmon.auditevent"]
+    "model", ["jobs.consumer", "jobs.jobtype", "jobs.modelprice", "jobs.airequest", "jobs.batchjob", "jobs.batchtransition", "jobs.batchprogress", "batchmon.auditevent"]
 )
 def test_every_model_has_a_list_page_with_filters(admin_client, finished_job, model):
     app, name = model.split(".")
     response = admin_client.get(reverse(f"admin:{app}_{name}_changelist"))
     assert response.status_code == 200
+    if model == "jobs.batchprogress":  # the check that saw the sandbox's counts wrote one sample
+        assert f"job {finished_job.pk} (" in response.content.decode() and finished_job.progress_samples.count() == 1
 
 
 def test_job_detail_shows_its_transitions_read_only(admin_client, finished_job):

@@ -6,13 +6,12 @@ from decimal import Decimal
 
 import pytest
 import time_machine
-from django.test import override_settings
-from django.urls import path
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from batchmon.models import AuditEvent
-from jobs import forecasts, rollups, stats
-from jobs.models import BatchJob, BatchJobConsumer
+from jobs import forecasts, lifecycle, rollups, stats
+from jobs.models import BatchJob, BatchJobConsumer, BatchProgress
 
 pytestmark = pytest.mark.django_db
 B = BatchJob.Status
@@ -56,7 +55,8 @@ def test_linear_eta_with_its_poisson_range(job_type):
     assert f["earliest"].startswith("2026-12-01T14:43:38")
     assert f["latest"] == "2026-12-01T15:20:00Z"
     assert (f["late"], f["atRisk"]) == (False, False)
-    assert "Linear rate since in_progress_at: 400 of 1000 lines in 2.00 h" in f["method"]
+    assert "Linear rate since in_progress_at (fewer than 3 progress samples): 400 of 1000 lines in 2.00 h" in f["method"]
+    assert f["fitPoints"] == 0
 
 
 @pytest.mark.parametrize(
@@ -91,6 +91,103 @@ def test_no_rate_yet_not_started_finalizing_and_ended(job_type):
     job = running(job_type, status=B.COMPLETED)
     job.finished_at = NOW - timedelta(minutes=1)
     assert forecasts.batch_finish(job, NOW)["eta"] == "2026-12-01T11:59:00Z"
+
+
+def sampled(job_type, series, *, total=1000, started=timedelta(hours=2), checked=None, **kw):
+    """A saved running job whose provider counts went through `series` [(minutes after in_progress, done)]."""
+    job = running(job_type, total=total, completed=series[-1][1], failed=0, started=started, **kw)
+    job.pk = None
+    job.checked_at = checked
+    job.save()
+    start = NOW - started
+    BatchProgress.objects.bulk_create(
+        BatchProgress(job=job, at=start + timedelta(minutes=m), total=total, completed=done, failed=0) for m, done in series
+    )
+    return job
+
+
+def test_fit_of_exactly_linear_samples_gives_their_rate_and_the_poisson_range(job_type):
+    # 50 lines every 10 minutes = 300/h; 600 done at NOW → 400 left → 1 h 20 min. The fit is exact,
+    # so the range is Poisson's over the fitted span: ±2/√(600 − 50) = ±8.53 %.
+    job = sampled(job_type, [(m, 5 * m) for m in range(10, 121, 10)], checked=NOW)
+    f = forecasts.batch_finish(job, NOW)
+    spread = 2 / 550**0.5
+    assert (f["fitPoints"], f["ratePerHour"]) == (12, 300.0)
+    assert f["eta"] == "2026-12-01T13:20:00Z"
+    assert f["earliest"] == stats._iso(NOW + timedelta(hours=400 / (300 * (1 + spread))))
+    assert f["latest"] == stats._iso(NOW + timedelta(hours=400 / (300 * (1 - spread))))
+    assert f["method"].startswith("Least-squares fit of done over time on 12 progress samples (550 lines in 1.83 h): 300.0 lines/h; range ±8.5 %")
+
+
+def test_a_stall_since_the_last_sample_pulls_the_rate_down(job_type):
+    # in_progress at 09:00; 100 done at 10:00, 200 at 11:00, unchanged at the 12:00 check. Mean since
+    # in_progress: 200 in 3 h = 66.7/h (12 h left). Fit of (0,100) (1,200) (2,200): slope 50/h,
+    # residuals −16.7, 33.3, −16.7 → SE √(1666.7/1/2) = 28.87; t(1 df) = 12.71 → spread 734 %, so
+    # the slow end is clipped at 5/h (160 h) and the fast end is 50 × 8.34/h. 800 left / 50 = 16 h.
+    job = sampled(job_type, [(60, 100), (120, 200)], started=timedelta(hours=3), checked=NOW)
+    f = forecasts.batch_finish(job, NOW)
+    assert (f["fitPoints"], f["ratePerHour"]) == (3, 50.0)
+    assert f["eta"] == "2026-12-02T04:00:00Z"
+    assert f["latest"] == stats._iso(NOW + timedelta(hours=160))
+    se = (1666.6666666666667 / 2) ** 0.5
+    assert f["earliest"] == stats._iso(NOW + timedelta(hours=800 / (50 * (1 + 12.71 * se / 50))))
+    assert (f["late"], f["atRisk"]) == (False, True)  # expires at 10:00 tomorrow: the estimate before, the slow end after
+    assert "slope's error × t=12.71" in f["method"]
+
+
+def test_noisy_samples_give_the_planted_rate_and_a_range_from_the_fit(job_type):
+    # 300/h with ±40 lines of alternating noise: the fit recovers the rate and its error is wider than Poisson's.
+    series = [(m, 5 * m + (40 if i % 2 else -40)) for i, m in enumerate(range(10, 121, 10))]
+    job = sampled(job_type, series, checked=NOW)
+    f = forecasts.batch_finish(job, NOW)
+    assert abs(f["ratePerHour"] - 300) < 300 * 0.05
+    assert f["earliest"] < f["eta"] < f["latest"]
+    assert "t=2.23" in f["method"]  # 12 points → 10 degrees of freedom
+    assert forecasts.batch_finish(job, NOW)["ratePerHour"] == f["ratePerHour"]
+
+
+def test_counts_that_went_down_are_a_stall_with_no_estimate(job_type):
+    job = sampled(job_type, [(30, 100), (60, 300), (90, 300), (100, 100)], checked=None)
+    f = forecasts.batch_finish(job, NOW)
+    assert f["eta"] is None and f["atRisk"] is True and f["method"].startswith("Stalled: no line finished over the last 4 checks")
+
+
+def test_samples_before_in_progress_and_beyond_the_window_are_not_fitted(job_type):
+    # 70 samples at 10/min for 70 minutes after two during validating: only the last FIT_SAMPLES count.
+    job = sampled(job_type, [(-5, 0), (-1, 0)] + [(m, 10 * m) for m in range(1, 71)], started=timedelta(minutes=70), total=5000)
+    f = forecasts.batch_finish(job, NOW)
+    assert f["fitPoints"] == forecasts.FIT_SAMPLES and f["ratePerHour"] == 600.0
+
+
+def test_running_batches_reads_every_jobs_samples_in_one_query(job_type, django_assert_num_queries):
+    for _ in range(3):
+        sampled(job_type, [(m, 5 * m) for m in range(10, 121, 10)], checked=NOW)
+    with django_assert_num_queries(2):
+        batches = forecasts.running_batches(NOW)
+    assert [b["fitPoints"] for b in batches] == [12, 12, 12]
+
+
+def test_checks_against_the_sandbox_store_samples_and_forecast_its_finish(sandbox, submit):
+    """Real checks over HTTP: a sample per change of counts, none for a check that saw none, and
+    a forecast that lands on the sandbox's own finish (its lines complete linearly over 1,000 s)."""
+    sandbox.configure(in_progress_seconds=1000)
+    submit(200)
+    start = timezone.now()
+    with time_machine.travel(start, tick=False) as traveller:
+        lifecycle.run_cycle(start)  # packed, submitted, in_progress (validating takes 0 s)
+        job = BatchJob.objects.get()
+        for _ in range(4):
+            traveller.shift(timedelta(seconds=100))
+            lifecycle.check_batches(timezone.now())
+        lifecycle.check_batches(timezone.now())  # same counts: no sample
+        job.refresh_from_db()
+        samples = list(job.progress_samples.order_by("at").values_list("completed", flat=True))
+        f = forecasts.batch_finish(job, timezone.now())
+    assert job.status == B.IN_PROGRESS and job.checked_at is not None
+    assert samples[-4:] == [20, 40, 60, 80] and len(samples) <= 5
+    assert f["fitPoints"] >= 4 and f["ratePerHour"] == 720.0  # 20 lines / 100 s
+    finish = job.in_progress_at + timedelta(seconds=1000)
+    assert abs((datetime.fromisoformat(f["eta"].replace("Z", "+00:00")) - finish).total_seconds()) <= 1
 
 
 # --- projected_month and queue_drain ------------------------------------------------------
@@ -130,12 +227,9 @@ def test_an_empty_queue_drains_in_no_time(db):
     assert (q["backlog"], q["hoursToDrain"], q["state"]) == (0, 0.0, "empty")
 
 
-# --- GET /api/admin/forecasts (routed here until batchmon/urls.py routes it) -----------------
-
-urlpatterns = [path("api/admin/forecasts", forecasts.ForecastsView.as_view())]
+# --- GET /api/admin/forecasts -------------------------------------------------------------
 
 
-@override_settings(ROOT_URLCONF=__name__)
 def test_forecasts_view_staff_only_and_audited(job_type, consumer, admin_user, django_user_model):
     with time_machine.travel(NOW, tick=False):
         job = running(job_type)
@@ -159,8 +253,7 @@ def test_forecasts_view_staff_only_and_audited(job_type, consumer, admin_user, d
 def test_forecasts_view_in_the_openapi_schema():
     from drf_spectacular.generators import SchemaGenerator
 
-    with override_settings(ROOT_URLCONF=__name__):
-        schema = SchemaGenerator().get_schema(request=None, public=True)
+    schema = SchemaGenerator().get_schema(request=None, public=True)
     op = schema["paths"]["/api/admin/forecasts"]["get"]
     assert op["operationId"] == "forecasts"
     assert "example" in str(op["responses"]["200"]["content"]["application/json"])
