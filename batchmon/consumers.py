@@ -18,23 +18,22 @@ Throttling: each subscription remembers when it last sent. A change inside the i
 timer (the event loop's call_later) for the rest of the interval; when it fires, the state is
 recomputed, so the client gets the latest state once, whatever the number of changes in between.
 
-Caps count the connections and subscriptions of a user in this server process (each web server
-enforces them for the clients it holds).
+Caps count the connections and subscriptions of a user across every web server (batchmon.presence:
+Redis with REDIS_URL); each connection's watchdog refreshes its entries, so those of a server that
+died expire within three heartbeats.
 """
 
 import asyncio
 import logging
+import uuid
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.utils import timezone
 
-from batchmon import live
+from batchmon import live, presence
 
 log = logging.getLogger(__name__)
-
-# user id → the open consumers of that user (this process)
-_open = {}
 
 
 def _iso_now():
@@ -57,15 +56,16 @@ class MonitoringConsumer(AsyncJsonWebsocketConsumer):
         self.user = self.scope.get("user")
         self.registered = False
         self.watchdog = None
+        self.presence_id = uuid.uuid4().hex
+        self.presence = presence.backend()
         await self.accept()
         code = live.auth_failure(self.user)
-        if code is None and len(_open.get(self.user.pk, ())) >= live.max_connections():
+        if code is None and not await self.presence.claim(self.user.pk, presence.CONNECTIONS, self.presence_id, live.max_connections(), presence.now()):
             await self.send_error("too_many_connections", f"at most {live.max_connections()} connections per user")
             code = 4429
         if code is not None:
             await self.close(code=code)
             return
-        _open.setdefault(self.user.pk, set()).add(self)
         self.registered = True
         self.loop = asyncio.get_running_loop()
         self.heartbeat = live.heartbeat_seconds()
@@ -86,11 +86,11 @@ class MonitoringConsumer(AsyncJsonWebsocketConsumer):
         for sub in list(getattr(self, "subscriptions", {}).values()):
             await self.drop(sub)
         if self.registered:
-            conns = _open.get(self.user.pk, set())
-            conns.discard(self)
-            if not conns:
-                _open.pop(self.user.pk, None)
             self.registered = False
+            await self.presence.release(self.user.pk, presence.CONNECTIONS, self.presence_id)
+
+    def sub_member(self, name):
+        return f"{self.presence_id}|{name}"
 
     # --- heartbeat ----------------------------------------------------------------------
 
@@ -99,6 +99,8 @@ class MonitoringConsumer(AsyncJsonWebsocketConsumer):
         if silent >= 3 * self.heartbeat:
             asyncio.ensure_future(self.close(code=4408))
             return
+        members = {presence.CONNECTIONS: [self.presence_id], presence.SUBSCRIPTIONS: [self.sub_member(n) for n in self.subscriptions]}
+        asyncio.ensure_future(self.presence.refresh(self.user.pk, members, presence.now()))
         self.watchdog = self.loop.call_later(min(self.heartbeat, 3 * self.heartbeat - silent), self.check_alive)
 
     # --- client messages ----------------------------------------------------------------
@@ -144,12 +146,12 @@ class MonitoringConsumer(AsyncJsonWebsocketConsumer):
         name = live.topic_name(kind, key if kind != "job_type" else key[1])
         existing = self.subscriptions.get(name)
         if existing is None:
-            used = sum(len(c.subscriptions) for c in _open.get(self.user.pk, ()))
-            if used >= live.max_subscriptions():
+            held = await self.presence.claim(self.user.pk, presence.SUBSCRIPTIONS, self.sub_member(name), live.max_subscriptions(), presence.now())
+            if not held:
                 await self.send_error("too_many_subscriptions", f"at most {live.max_subscriptions()} subscriptions per user")
                 return
         else:
-            await self.drop(existing)
+            await self.drop(existing, release=False)  # re-subscribing keeps its slot
         group = live.group_for(kind, key[0] if kind == "job_type" else key)
         sub = Subscription(kind, key, group, frequency, interval)
         self.subscriptions[name] = sub
@@ -174,10 +176,12 @@ class MonitoringConsumer(AsyncJsonWebsocketConsumer):
         await self.drop(sub)
         await self.send_json({"type": "unsubscribed", "subscription": name})
 
-    async def drop(self, sub):
+    async def drop(self, sub, release=True):
         if sub.timer:
             sub.timer.cancel()
         self.subscriptions.pop(sub.name, None)
+        if release:
+            await self.presence.release(self.user.pk, presence.SUBSCRIPTIONS, self.sub_member(sub.name))
         if self.channel_layer is not None and not any(s.group == sub.group for s in self.subscriptions.values()):
             await self.channel_layer.group_discard(sub.group, self.channel_name)
 

@@ -42,16 +42,16 @@ def frequency_seconds(name):
 
 
 def max_connections():
-    return getattr(settings, "LIVE_MAX_CONNECTIONS_PER_USER", 5)
+    return settings.LIVE_MAX_CONNECTIONS_PER_USER
 
 
 def max_subscriptions():
-    return getattr(settings, "LIVE_MAX_SUBSCRIPTIONS_PER_USER", 20)
+    return settings.LIVE_MAX_SUBSCRIPTIONS_PER_USER
 
 
 def heartbeat_seconds():
     """A client that sent nothing for 3 × this is dropped."""
-    return float(getattr(settings, "LIVE_HEARTBEAT_SECONDS", 30))
+    return float(settings.LIVE_HEARTBEAT_SECONDS)
 
 
 def channel_layer():

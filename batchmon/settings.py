@@ -259,7 +259,13 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-# Live push: one channel layer shared by every web server and worker when there is Redis.
+# Live push: one channel layer shared by every web server and worker when there is Redis; the
+# per-user caps are counted there too (batchmon.presence).
+LIVE_MAX_CONNECTIONS_PER_USER = env_int("LIVE_MAX_CONNECTIONS_PER_USER", 5, minimum=1)
+LIVE_MAX_SUBSCRIPTIONS_PER_USER = env_int("LIVE_MAX_SUBSCRIPTIONS_PER_USER", 20, minimum=1)
+LIVE_HEARTBEAT_SECONDS = env_float("LIVE_HEARTBEAT_SECONDS", 30.0, minimum=1.0)
+LIVE_SSE_MAX_SECONDS = env_float("LIVE_SSE_MAX_SECONDS", 300.0, minimum=1.0)
+LIVE_SSE_WSGI_MAX_SECONDS = env_float("LIVE_SSE_WSGI_MAX_SECONDS", 60.0, minimum=1.0)
 if REDIS_URL:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL], "prefix": "batchmon-live"}}}
 else:

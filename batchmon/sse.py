@@ -7,7 +7,9 @@ Each event is `event: update` with `data: {"subscription", "at", "data"}` — th
 WebSocket's update messages; the first of each subscription comes at once, then one on change,
 never more often than the frequency (realtime 1 s, high 5 s, medium 30 s, low 5 min). A comment
 line every 15 s keeps proxies from closing the stream; the stream ends after LIVE_SSE_MAX_SECONDS
-(300 s) and EventSource reconnects by itself (`retry: 3000`).
+(300 s) and EventSource reconnects by itself (`retry: 3000`). Under ASGI a stream counts as one of
+the user's live connections and each of its subscriptions as one subscription, against the same
+caps as the WebSocket's (429 when one is full).
 
 Under ASGI (daphne) the stream is an async generator fed by the channel layer: pushes on change.
 Under WSGI (gunicorn, manage.py runserver without daphne) a worker thread would be held per
@@ -18,6 +20,7 @@ state and sends it only if it changed, for at most LIVE_SSE_WSGI_MAX_SECONDS (60
 import asyncio
 import json
 import time
+import uuid
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -25,7 +28,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 
-from batchmon import live
+from batchmon import live, presence
 
 KEEPALIVE = 15.0
 
@@ -103,7 +106,7 @@ def _prepare(request):
         ip=client_ip(request),
         details={"method": request.method, "path": request.path, "params": request.GET.dict() | ({"token": "…"} if "token" in request.GET else {}), "status": status},
     )
-    return response, parsed
+    return response, (user, *parsed) if parsed else None
 
 
 def _event(sub, data, seq):
@@ -119,15 +122,51 @@ async def live_events(request):
     response, parsed = await database_sync_to_async(_prepare)(request)
     if response is not None:
         return response
-    subs, interval = parsed
-    stream = _push_stream(subs, interval) if isinstance(request, ASGIRequest) else _poll_stream(subs, interval)
+    user, subs, interval = parsed
+    if isinstance(request, ASGIRequest):
+        held = await _Held.claim(user.pk, subs)
+        if isinstance(held, JsonResponse):
+            return held
+        stream = _push_stream(subs, interval, held)
+    else:
+        stream = _poll_stream(subs, interval)
     return StreamingHttpResponse(stream, content_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _push_stream(subs, interval):
+class _Held:
+    """An ASGI stream's share of the user's caps: one connection and its subscriptions (as the WebSocket's)."""
+
+    def __init__(self, user_id, subs):
+        self.user_id, self.store = user_id, presence.backend()
+        self.conn = uuid.uuid4().hex
+        self.subs = [f"{self.conn}|{s.name}" for s in subs]
+
+    @classmethod
+    async def claim(cls, user_id, subs):
+        """The held share, or the 429 response naming the cap that is full."""
+        held, now = cls(user_id, subs), presence.now()
+        if not await held.store.claim(user_id, presence.CONNECTIONS, held.conn, live.max_connections(), now):
+            return _error("too_many_connections", f"at most {live.max_connections()} live connections per user", 429)
+        for i, member in enumerate(held.subs):
+            if not await held.store.claim(user_id, presence.SUBSCRIPTIONS, member, live.max_subscriptions(), now):
+                await held.store.release(user_id, presence.SUBSCRIPTIONS, *held.subs[:i])
+                await held.store.release(user_id, presence.CONNECTIONS, held.conn)
+                return _error("too_many_subscriptions", f"at most {live.max_subscriptions()} subscriptions per user", 429)
+        return held
+
+    async def refresh(self):
+        await self.store.refresh(self.user_id, {presence.CONNECTIONS: [self.conn], presence.SUBSCRIPTIONS: self.subs}, presence.now())
+
+    async def release(self):
+        await self.store.release(self.user_id, presence.SUBSCRIPTIONS, *self.subs)
+        await self.store.release(self.user_id, presence.CONNECTIONS, self.conn)
+
+
+async def _push_stream(subs, interval, held):
     layer = live.channel_layer()
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + float(getattr(settings, "LIVE_SSE_MAX_SECONDS", 300))
+    deadline = loop.time() + settings.LIVE_SSE_MAX_SECONDS
+    refreshed = loop.time()
     channel = await layer.new_channel() if layer else None
     groups = {s.group for s in subs}
     for group in groups if layer else ():
@@ -137,6 +176,9 @@ async def _push_stream(subs, interval):
         yield "retry: 3000\n\n"
         while loop.time() < deadline:
             now = loop.time()
+            if now - refreshed >= live.heartbeat_seconds():
+                refreshed = now
+                await held.refresh()
             for sub in subs:
                 if sub.dirty and (sub.last is None or now - sub.last >= interval):
                     sub.dirty, sub.last = False, now
@@ -165,11 +207,12 @@ async def _push_stream(subs, interval):
     finally:
         for group in groups if layer else ():
             await layer.group_discard(group, channel)
+        await held.release()
 
 
 def _poll_stream(subs, interval):
     """WSGI: recompute every interval, send what changed, for a bounded time."""
-    deadline = time.monotonic() + float(getattr(settings, "LIVE_SSE_WSGI_MAX_SECONDS", 60))
+    deadline = time.monotonic() + settings.LIVE_SSE_WSGI_MAX_SECONDS
     seen, seq = {}, 0
     yield "retry: 3000\n\n"
     while True:

@@ -20,7 +20,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from batchmon import live
+from batchmon import live, presence
 from batchmon.asgi import application
 from jobs.lifecycle import record_transition
 from jobs.models import BatchJob
@@ -34,9 +34,7 @@ def layer(settings):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     settings.LIVE_FREQUENCY_SECONDS = FAST
     yield
-    from batchmon import consumers
-
-    consumers._open.clear()
+    presence._backend = None  # the next test's settings pick the store afresh
 
 
 # Committed rows (database_sync_to_async closes "old" connections); serialized_rollback restores
@@ -258,6 +256,105 @@ def test_connection_and_subscription_caps(layer, staff, settings):
     run(scenario)
 
 
+@pytest.fixture
+def redis_presence(settings):
+    """The caps' store in the real Redis (as with REDIS_URL) on both test runs, and a raw client to look at it."""
+    import redis
+
+    url = _redis_url()
+    if url is None:
+        pytest.skip("no Redis at REDIS_URL or 127.0.0.1:6379")
+    settings.REDIS_URL = url
+    presence._backend = None
+    client = redis.Redis.from_url(url)
+    client.delete(*client.keys("batchmon:live:*") or ["-"])
+    yield url, client
+    client.delete(*client.keys("batchmon:live:*") or ["-"])
+    client.close()
+
+
+def test_caps_are_shared_by_every_server_through_redis(layer, staff, settings, redis_presence):
+    """Another server (its own store instance, the same Redis) holds one of the user's two
+    connections and one of three subscriptions: this server lets the user have only the rest."""
+    url, client = redis_presence
+    settings.LIVE_MAX_CONNECTIONS_PER_USER = 2
+    settings.LIVE_MAX_SUBSCRIPTIONS_PER_USER = 3
+    user_id = staff[0].pk
+
+    async def scenario():
+        other = presence.RedisPresence(url)
+        now = presence.now()
+        assert await other.claim(user_id, presence.CONNECTIONS, "other-server-conn", 2, now)
+        assert await other.claim(user_id, presence.SUBSCRIPTIONS, "other-server-conn|summary", 3, now)
+
+        here = await connected(staff[1])
+        refused = ws(staff[1])
+        await refused.connect()
+        assert (await refused.receive_json_from(timeout=2))["code"] == "too_many_connections"
+        assert await close_code(refused) == 4429
+        for n, expected in ((1, "subscribed"), (2, "subscribed"), (3, "error")):
+            await here.send_json_to({"type": "subscribe", "what": "metric", "series": f"s{n}", "frequency": "low"})
+            reply = await here.receive_json_from(timeout=2)
+            assert reply["type"] == expected
+            if expected == "subscribed":
+                await here.receive_json_from(timeout=2)
+        assert reply["code"] == "too_many_subscriptions"
+        assert await other.count(user_id, presence.SUBSCRIPTIONS, presence.now()) == 3
+
+        await other.release(user_id, presence.CONNECTIONS, "other-server-conn")  # the other server's client left
+        second = await connected(staff[1])
+        await second.disconnect()
+        await here.disconnect()
+        assert await other.count(user_id, presence.CONNECTIONS, presence.now()) == 0
+        assert await other.count(user_id, presence.SUBSCRIPTIONS, presence.now()) == 1  # the other server's own
+
+    run(scenario)
+    assert client.ttl(f"batchmon:live:{user_id}:sub") > 0  # nothing is kept for ever
+
+
+def test_a_dead_servers_share_expires_and_a_live_one_is_refreshed(layer, staff, settings, redis_presence):
+    url, client = redis_presence
+    settings.LIVE_HEARTBEAT_SECONDS = 0.1
+    settings.LIVE_MAX_CONNECTIONS_PER_USER = 1
+    user_id = staff[0].pk
+
+    async def scenario():
+        dead = presence.RedisPresence(url)
+        past = presence.now() - presence.ttl() - 1  # claimed by a server that then died without closing
+        assert await dead.claim(user_id, presence.CONNECTIONS, "dead-server-conn", 1, past)
+        comm = await connected(staff[1])  # its entry has expired: the slot is free
+        key = f"batchmon:live:{user_id}:conn"
+        (member, first), = await database_sync_to_async(client.zrange)(key, 0, -1, withscores=True)
+        assert member != b"dead-server-conn"
+        for _ in range(3):  # the watchdog refreshes the entry at each heartbeat interval
+            await asyncio.sleep(0.1)
+            await comm.send_json_to({"type": "heartbeat"})
+            assert (await comm.receive_json_from(timeout=1))["type"] == "heartbeat_ack"
+        (_, later), = await database_sync_to_async(client.zrange)(key, 0, -1, withscores=True)
+        assert later > first
+        await comm.disconnect()
+        assert await dead.count(user_id, presence.CONNECTIONS, presence.now()) == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("store", ["local", "redis"])
+def test_concurrent_claims_never_pass_the_cap(store, settings, redis_presence):
+    """Two servers racing for the last slots: exactly `cap` claims win, whatever the interleaving."""
+    url, _ = redis_presence
+    stores = [presence.LocalPresence()] * 2 if store == "local" else [presence.RedisPresence(url), presence.RedisPresence(url)]
+
+    async def scenario():
+        now = presence.now()
+        wins = await asyncio.gather(*(stores[i % 2].claim(99, presence.CONNECTIONS, f"c{i}", 5, now) for i in range(40)))
+        assert sum(wins) == 5
+        assert await stores[1].claim(99, presence.CONNECTIONS, "c0" if wins[0] else f"c{wins.index(True)}", 5, now)  # a holder re-claims
+        await stores[0].release(99, presence.CONNECTIONS, *(f"c{i}" for i in range(40)))
+        assert await stores[1].count(99, presence.CONNECTIONS, now) == 0
+
+    run(scenario)
+
+
 def test_a_silent_connection_is_dropped_after_three_heartbeat_intervals(layer, staff, settings):
     settings.LIVE_HEARTBEAT_SECONDS = 0.1
 
@@ -374,6 +471,16 @@ async def _events(response, n, timeout=2):
     return out, iterator
 
 
+async def hang_up(iterator):
+    """What the ASGI handler does when the client goes: cancel the task reading the stream."""
+    reading = asyncio.ensure_future(iterator.__anext__())
+    for _ in range(20):  # let it reach its wait for the next change
+        await asyncio.sleep(0)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+
+
 def test_sse_streams_subscriptions_and_pushes_changes(layer, staff, running_job):
     from django.urls import path
 
@@ -399,3 +506,52 @@ def test_sse_streams_subscriptions_and_pushes_changes(layer, staff, running_job)
 
     with override_settings(ROOT_URLCONF=urlconf):
         run(scenario)
+
+
+def test_sse_streams_count_against_the_same_caps(layer, staff, settings):
+    from django.test import override_settings
+    from django.urls import path
+
+    from batchmon import sse
+
+    settings.LIVE_MAX_CONNECTIONS_PER_USER = 1
+    settings.LIVE_MAX_SUBSCRIPTIONS_PER_USER = 2
+
+    async def scenario():
+        client = AsyncClient()
+        too_many = await client.get(f"/live-test/?subscribe=summary,alerts,metric:s1&token={staff[1]}")
+        assert too_many.status_code == 400  # more than the cap in one request: refused before anything is held
+        stream = await client.get(f"/live-test/?subscribe=summary,alerts&frequency=realtime&token={staff[1]}")
+        assert stream.status_code == 200
+        _, iterator = await _events(stream, 2)
+        refused = ws(staff[1])
+        await refused.connect()
+        assert (await refused.receive_json_from(timeout=2))["code"] == "too_many_connections"
+        second = await client.get(f"/live-test/?subscribe=summary&token={staff[1]}")
+        assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_connections"
+        await hang_up(iterator)  # the stream ends: its connection and subscriptions are free again
+        comm = await connected(staff[1])
+        for what in ("summary", "alerts"):
+            await comm.send_json_to({"type": "subscribe", "what": what, "frequency": "low"})
+            assert (await comm.receive_json_from(timeout=2))["type"] == "subscribed"
+            await comm.receive_json_from(timeout=2)
+        await comm.disconnect()
+
+    urlconf = type("urls", (), {"urlpatterns": [path("live-test/", sse.live_events)]})
+    with override_settings(ROOT_URLCONF=urlconf):
+        run(scenario)
+
+
+def test_an_unreachable_redis_lets_connections_in_and_says_so(caplog):
+    down = presence.RedisPresence(f"redis://127.0.0.1:{_free_port()}/0")  # nothing listens there
+
+    async def scenario():
+        assert await down.claim(1, presence.CONNECTIONS, "c", 1, presence.now())
+        assert await down.claim(1, presence.CONNECTIONS, "d", 1, presence.now())  # no cap without the store
+        await down.release(1, presence.CONNECTIONS, "c")  # logged, not raised
+
+    with caplog.at_level("ERROR", logger="batchmon.presence"):
+        run(scenario)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "live presence: Redis unreachable; conn claim of user 1 allowed without a cap" in messages
+    assert any(m.startswith("live presence: could not release conn of user 1") for m in messages)

@@ -31,6 +31,8 @@ def check_with(tmp_path, **env):
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         ({"OPENAI_BASE_URL": "ftp://example"}, "OPENAI_BASE_URL"),
+        ({"LIVE_MAX_CONNECTIONS_PER_USER": "0"}, "LIVE_MAX_CONNECTIONS_PER_USER='0': must be at least 1"),
+        ({"LIVE_HEARTBEAT_SECONDS": "soon"}, "LIVE_HEARTBEAT_SECONDS"),
         ({"DJANGO_SECRET_KEY": "short"}, "DJANGO_SECRET_KEY"),
         ({"DJANGO_DEBUG": "sometimes"}, "DJANGO_DEBUG"),
     ],
