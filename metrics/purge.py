@@ -1,4 +1,4 @@
-"""Retention: raw points after BATCH_MONITORING_RETENTION_DAYS, minute rollups after
+"""Retention: raw points and batch progress samples after BATCH_MONITORING_RETENTION_DAYS, minute rollups after
 METRICS_MINUTE_ROLLUP_RETENTION_DAYS, hour and day rollups after METRICS_HOUR_ROLLUP_RETENTION_DAYS.
 
 Deletion goes in chunks of CHUNK ids (one short DELETE ... WHERE id IN (...) each, in
@@ -13,6 +13,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from jobs.models import BatchProgress
 from metrics.models import MetricPoint, Rollup
 
 CHUNK = 5000
@@ -24,6 +25,7 @@ def cutoffs(now):
         "minute_rollups": now - timedelta(days=settings.METRICS_MINUTE_ROLLUP_RETENTION_DAYS),
         "hour_rollups": now - timedelta(days=settings.METRICS_HOUR_ROLLUP_RETENTION_DAYS),
         "day_rollups": now - timedelta(days=settings.METRICS_HOUR_ROLLUP_RETENTION_DAYS),
+        "progress_samples": now - timedelta(days=settings.BATCH_MONITORING_RETENTION_DAYS),
     }
 
 
@@ -35,6 +37,7 @@ def expired(now):
         "minute_rollups": Rollup.objects.filter(resolution=Rollup.Resolution.MINUTE, bucket_start__lt=cut["minute_rollups"]),
         "hour_rollups": Rollup.objects.filter(resolution=Rollup.Resolution.HOUR, bucket_start__lt=cut["hour_rollups"]),
         "day_rollups": Rollup.objects.filter(resolution=Rollup.Resolution.DAY, bucket_start__lt=cut["day_rollups"]),
+        "progress_samples": BatchProgress.objects.filter(at__lt=cut["progress_samples"]),
     }
 
 

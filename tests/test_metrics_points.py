@@ -15,6 +15,7 @@ from django.test import RequestFactory
 from django.urls import reverse
 from rest_framework.test import APIClient
 
+from jobs.models import BatchJob, BatchProgress
 from metrics import lineprotocol as lp
 from metrics import purge, rollups
 from metrics.models import MetricPoint, RecorderLoss, Rollup, RollupState
@@ -640,7 +641,7 @@ def test_query_params_are_validated_and_consumers_see_only_their_points(client, 
 # --- retention ---------------------------------------------------------------------------------------
 
 
-def test_purge_dry_run_then_real_in_chunks(settings):
+def test_purge_dry_run_then_real_in_chunks(settings, job_type):
     settings.BATCH_MONITORING_RETENTION_DAYS = 30
     settings.METRICS_MINUTE_ROLLUP_RETENTION_DAYS = 90
     settings.METRICS_HOUR_ROLLUP_RETENTION_DAYS = 730
@@ -658,13 +659,16 @@ def test_purge_dry_run_then_real_in_chunks(settings):
         + [Rollup(resolution="1h", bucket_start=now - timedelta(days=91), **common)]
         + [Rollup(resolution="1d", bucket_start=now - timedelta(days=d), **common) for d in (735, 700)]
     )
+    job = BatchJob.objects.create(job_type=job_type, model="gpt-4o-mini", endpoint="/v1/chat/completions", created_at=old)
+    BatchProgress.objects.bulk_create(BatchProgress(job=job, at=at, total=10, completed=1, failed=0) for at in (old, old, now - timedelta(days=29)))
     with time_machine.travel(now, tick=False):
         out = io_call("purge_metrics", "--dry-run")
         assert "would delete 7 raw points" in out and "would delete 3 minute rollups" in out and "would delete 2 hour rollups" in out
         assert MetricPoint.objects.count() == 9
-        assert purge.purge(now, chunk=2) == {"points": 7, "minute_rollups": 3, "hour_rollups": 2, "day_rollups": 1}
-    assert MetricPoint.objects.count() == 2 and Rollup.objects.count() == 3
-    assert purge.purge(now) == {"points": 0, "minute_rollups": 0, "hour_rollups": 0, "day_rollups": 0}
+        assert "would delete 2 batch progress samples" in out
+        assert purge.purge(now, chunk=2) == {"points": 7, "minute_rollups": 3, "hour_rollups": 2, "day_rollups": 1, "progress_samples": 2}
+    assert MetricPoint.objects.count() == 2 and Rollup.objects.count() == 3 and BatchProgress.objects.count() == 1
+    assert purge.purge(now) == {"points": 0, "minute_rollups": 0, "hour_rollups": 0, "day_rollups": 0, "progress_samples": 0}
 
 
 def io_call(*args):

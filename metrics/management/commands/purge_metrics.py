@@ -5,7 +5,7 @@ from metrics import purge
 
 
 class Command(BaseCommand):
-    help = "Delete raw metric points and rollups past their retention, in chunks (--dry-run: only count)."
+    help = "Delete raw metric points, rollups and batch progress samples past their retention, in chunks (--dry-run: only count)."
 
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="Print what would be deleted, delete nothing.")
@@ -16,6 +16,6 @@ class Command(BaseCommand):
         counts = purge.purge(now, dry_run=options["dry_run"], chunk=max(options["chunk_size"], 1))
         cut = purge.cutoffs(now)
         verb = "would delete" if options["dry_run"] else "deleted"
-        labels = {"points": "raw points", "minute_rollups": "minute rollups", "hour_rollups": "hour rollups", "day_rollups": "day rollups"}
+        labels = {"points": "raw points", "minute_rollups": "minute rollups", "hour_rollups": "hour rollups", "day_rollups": "day rollups", "progress_samples": "batch progress samples"}
         for kind, n in counts.items():
             self.stdout.write(f"{verb} {n} {labels[kind]} (older than {cut[kind]:%Y-%m-%d %H:%M} UTC)")
