@@ -92,6 +92,16 @@ class MonitoringParams(serializers.Serializer):
     includeDetails = serializers.BooleanField(default=False, help_text="Each job with its errorSummary and consumer breakdown.")
     page = serializers.IntegerField(min_value=1, default=1)
     limit = serializers.IntegerField(min_value=1, max_value=100, default=50)
+    ordering = serializers.ChoiceField(
+        choices=stats.JOB_ORDERINGS,
+        default=stats.DEFAULT_JOB_ORDERING,
+        help_text=(
+            "Order of jobs across pages: id, status, jobType, progress, createdAt, processingTimeMs or costEstimate, ascending, "
+            "or descending with a leading '-' (default -createdAt, newest first). Ties go by id in the same direction; jobs "
+            "without a processing time come last either way; progress is (completedCount + failedCount) / requestCount; "
+            "costEstimate is compared unrounded; status and jobType by code point."
+        ),
+    )
     interval = SpanField(units="mhd", required=False, help_text="Bucket size of data.historical (e.g. 5m, 1h, 1d); chosen from the range if absent.")
     offset = SpanField(
         units="mhd", required=False, help_text="Shift the window back (e.g. offset=24h with timeRange=24h is the day before): for change-versus-previous-period."
@@ -278,6 +288,7 @@ class BatchMonitoringView(AuditedStaffView):
             page=p["page"],
             limit=p["limit"],
             interval=p.get("interval"),
+            ordering=p["ordering"],
         )
         return ok(data)
 

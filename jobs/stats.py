@@ -28,6 +28,12 @@ Definitions (also in the README's API section):
 - per job: completedCount = lines succeeded; failedCount = lines that failed in that job, whether
   retried later or not (the errorSummary adds up to it); costEstimate = batch cost of the lines
   applied, plus, for lines still out, the job type's mean batch cost per succeeded line in the range.
+- the job table's `ordering` (JOB_ORDERINGS) sorts in SQL by what the row shows: progress =
+  (completedCount + failedCount) / requestCount (0 for a job of no lines); processingTimeMs, with
+  the jobs that have none (not ended, or never started) last in both directions; costEstimate as
+  defined above, compared unrounded (as floating point), so jobs whose rounded costEstimate is
+  equal may come in the order of their unrounded estimates; status and jobType by code point
+  (not the database's locale). Ties go by id in the same direction, so pages are stable.
 """
 
 import re
@@ -36,10 +42,10 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Count, Exists, OuterRef, DurationField, ExpressionWrapper, F, FloatField, Func, Q, Sum
-from django.db.models.functions import Coalesce, Floor
+from django.db.models import Case, Count, Exists, OuterRef, DurationField, ExpressionWrapper, F, FloatField, Func, Q, Sum, Value, When
+from django.db.models.functions import Cast, Coalesce, Floor, Greatest, NullIf
 
-from jobs.models import AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobHourStats, USDField
+from jobs.models import USD_UNITS, AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobHourStats, USDField
 from jobs.rollups import ALL_CONSUMERS, hour_of
 
 S = BatchJob.Status
@@ -427,15 +433,78 @@ def consumer_breakdown(job_ids):
     return out
 
 
-def jobs_page(since, until, scope, status=None, include_details=False, page=1, limit=50, total=None, mean_cost=None):
-    """The job table: jobs created in the window, newest first, one page."""
+class CodePointOrder(Func):
+    """Text compared by code point on every database: SQLite's default (BINARY) already does;
+    PostgreSQL would otherwise use the database's locale, which may ignore case and punctuation."""
+
+    template = "%(expressions)s"
+
+    def as_postgresql(self, compiler, connection, **extra):
+        return self.as_sql(compiler, connection, template='%(expressions)s COLLATE "C"', **extra)
+
+
+# The job table's orders: each key of a row the dashboard sorts by, ascending, or descending with "-".
+JOB_ORDER_KEYS = ("id", "status", "jobType", "progress", "createdAt", "processingTimeMs", "costEstimate")
+JOB_ORDERINGS = tuple(key for name in JOB_ORDER_KEYS for key in (name, f"-{name}"))
+DEFAULT_JOB_ORDERING = "-createdAt"
+
+
+def _job_sort_expression(key, mean_cost):
+    """The SQL value of a job row's `key`, as job_row computes it (see the module docstring)."""
+    if key == "id":
+        return F("id")
+    if key == "status":
+        return CodePointOrder(F("status"))
+    if key == "jobType":
+        return CodePointOrder(F("job_type__name"))
+    if key == "createdAt":
+        return F("created_at")
+    if key == "progress":  # completedCount + failedCount, over requestCount
+        done = F("succeeded_count") + F("failed_count") + F("requeued_count")
+        return Coalesce(Cast(done, FloatField()) / NullIf(F("request_count"), Value(0)), Value(0.0), output_field=FloatField())
+    if key == "processingTimeMs":  # finished − started, NULL unless both are known
+        started = Coalesce(F("in_progress_at"), F("provider_created_at"))
+        return ExpressionWrapper(F("finished_at") - started, output_field=DurationField())
+    if key == "costEstimate":  # in 1e-10 USD (the column's unit): cost_batch + mean cost per line × lines still out
+        if not mean_cost:
+            return F("cost_batch")
+        per_line = Case(
+            *(When(job_type_id=jt, then=Value(float(mean * USD_UNITS))) for jt, mean in sorted(mean_cost.items()) if jt is not None),
+            default=Value(0.0),
+            output_field=FloatField(),
+        )
+        outstanding = F("request_count") - F("succeeded_count") - F("failed_count") - F("requeued_count") - F("cancelled_count")
+        return ExpressionWrapper(F("cost_batch") + per_line * Greatest(outstanding, Value(0)), output_field=FloatField())
+    raise ValueError(f"unknown job order key {key!r}: one of {', '.join(JOB_ORDER_KEYS)}")
+
+
+def job_order_by(ordering, mean_cost=None):
+    """order_by() arguments for one of JOB_ORDERINGS, with id as the tie-breaker in the same direction."""
+    if ordering not in JOB_ORDERINGS:
+        raise ValueError(f"unknown job ordering {ordering!r}: one of {', '.join(JOB_ORDERINGS)}")
+    descending = ordering.startswith("-")
+    key = ordering[1:] if descending else ordering
+    expression = _job_sort_expression(key, mean_cost)
+    nulls = {"nulls_last": True} if key == "processingTimeMs" else {}
+    if key == "id":
+        return [expression.desc() if descending else expression.asc()]
+    return [expression.desc(**nulls) if descending else expression.asc(**nulls), F("id").desc() if descending else F("id").asc()]
+
+
+def jobs_page(since, until, scope, status=None, include_details=False, page=1, limit=50, total=None, mean_cost=None, ordering=DEFAULT_JOB_ORDERING):
+    """The job table: jobs created in the window, in `ordering` (newest first by default), one page."""
+    if ordering not in JOB_ORDERINGS:
+        raise ValueError(f"unknown job ordering {ordering!r}: one of {', '.join(JOB_ORDERINGS)}")
     jobs = scope.jobs().filter(created_at__gte=since, created_at__lt=until)
     if status:
         jobs = jobs.filter(status=status)
     if total is None or status:
         total = jobs.count()
+    if mean_cost is None and ordering in ("costEstimate", "-costEstimate"):
+        mean_cost = mean_cost_per_line(_ended_by_job_type(since, until, Scope(scope.job_type)))
     retried = Exists(BatchJob.objects.filter(retry_of=OuterRef("pk")))
-    rows = list(jobs.annotate(retried=retried).order_by("-created_at", "-id").values(*JOB_FIELDS, "retried")[(page - 1) * limit : page * limit])
+    order = job_order_by(ordering, mean_cost)
+    rows = list(jobs.annotate(retried=retried).order_by(*order).values(*JOB_FIELDS, "retried")[(page - 1) * limit : page * limit])
     if mean_cost is None:
         mean_cost = mean_cost_per_line(_ended_by_job_type(since, until, Scope(scope.job_type))) if rows else {}
     consumers = consumer_breakdown([r["id"] for r in rows]) if include_details and rows else {}
@@ -445,14 +514,15 @@ def jobs_page(since, until, scope, status=None, include_details=False, page=1, l
     }
 
 
-def report(since, until, *, job_type=None, consumer=None, status=None, include_details=False, page=1, limit=50, interval=None):
+def report(since, until, *, job_type=None, consumer=None, status=None, include_details=False, page=1, limit=50, interval=None,
+           ordering=DEFAULT_JOB_ORDERING):
     """Everything GET /api/admin/batch-monitoring answers, for one window and scope."""
     scope = Scope(job_type, consumer)
     by_type = _ended_by_job_type(since, until, scope)
     data = figures(since, until, scope, by_type)
     mean_cost = mean_cost_per_line(by_type)
     data["historical"] = historical(since, until, interval or default_interval(until - since), scope)
-    data.update(jobs_page(since, until, scope, status, include_details, page, limit, data["summary"]["totalJobs"], mean_cost))
+    data.update(jobs_page(since, until, scope, status, include_details, page, limit, data["summary"]["totalJobs"], mean_cost, ordering))
     data["range"] = {"from": _iso(since), "to": _iso(until)}
     return data
 

@@ -195,6 +195,14 @@ def row(page, job):
     return page.locator(f'#jobs-body tr[data-job-id="{job.pk}"]')
 
 
+def expect_rows(page, ids):
+    """Wait until the job table shows exactly these job ids, in this order."""
+    page.wait_for_function(
+        "(ids) => JSON.stringify([...document.querySelectorAll('#jobs-body tr[data-job-id]')].map((r) => r.dataset.jobId)) === JSON.stringify(ids)",
+        arg=[str(i) for i in ids],
+    )
+
+
 @pytest.fixture
 def seeded(job_type, consumer, make_consumer):
     """Jobs of two types and two consumers in the last 24 h, one the day before, one older: known figures."""
@@ -280,12 +288,13 @@ def test_cards_charts_and_table_show_the_apis_numbers(page, live_server, staff_u
     expect(page.locator("#alerts-status")).to_contain_text("No active alerts")
     expect(page.locator("#alert-rules-body")).to_contain_text("highErrorRate")
 
-    # sorting by cost, then keyboard: Tab reaches the filters and the buttons
+    # sorting by cost (the API sorts: ?ordering=-costEstimate), then keyboard: Tab reaches the filters and the buttons
     page.get_by_role("button", name="Cost").click()
     expect(page.locator("#jobs-table th", has_text="Cost")).to_have_attribute("aria-sort", "descending")
-    costs = [float(j["costEstimate"]) for j in data["jobs"]]
-    first_id = rows.first.get_attribute("data-job-id")
-    assert next(j for j in data["jobs"] if j["id"] == first_id)["costEstimate"] == max(costs)
+    by_cost = sorted(data["jobs"], key=lambda j: (j["costEstimate"], int(j["id"])), reverse=True)
+    assert by_cost[0]["id"] != data["jobs"][0]["id"]  # so the wait below sees the new order, not the old one
+    expect_rows(page, [j["id"] for j in by_cost])
+    assert [j["id"] for j in api(page, live_server, timeRange="24h", ordering="-costEstimate")["jobs"]] == [j["id"] for j in by_cost]
     page.locator("#f-timeRange").focus()
     page.keyboard.press("Tab")
     expect(page.locator("#f-status")).to_be_focused()
@@ -296,6 +305,43 @@ def test_cards_charts_and_table_show_the_apis_numbers(page, live_server, staff_u
     expect(page.locator("#chart-requests svg")).to_have_attribute("width", re.compile(r"^([2-3]\d\d)$"))
     assert_fits(page, NARROW["width"])
     page.screenshot(path=str(screenshots / "dashboard-390.png"), full_page=True)
+    watch.check()
+
+
+def test_sorting_a_column_orders_every_page(page, live_server, staff_user, job_type, consumer, watch):
+    """30 jobs, 25 a page: the order comes from the API, so page 1 after sorting holds jobs from the whole table."""
+    made = [make_job(job_type, consumer, created_ago=timedelta(minutes=60 + i)) for i in range(30)]  # the lowest id is the newest
+    ids = [job.pk for job in made]
+    log_in(page, live_server)
+    expect(page.locator("#page-info")).to_have_text("Page 1 of 2")
+    expect_rows(page, ids[:25])  # newest first
+    expect(page.locator("#jobs-table th", has_text="Created")).to_have_attribute("aria-sort", "descending")
+    page.locator("#page-next").click()
+    expect(page.locator("#page-info")).to_have_text("Page 2 of 2")
+    expect_rows(page, ids[25:])
+
+    job_header = page.locator('#jobs-table .bm-sort[data-sort="id"]')
+    job_header.click()  # highest id first, from page 1 again
+    expect(page.locator("#jobs-table th", has_text="Job")).to_have_attribute("aria-sort", "descending")
+    expect(page.locator("#jobs-table th", has_text="Created")).to_have_attribute("aria-sort", "none")
+    expect(page.locator("#page-info")).to_have_text("Page 1 of 2")
+    expect_rows(page, ids[::-1][:25])
+    expect(page).to_have_url(re.compile(r"sort=-id"))
+    assert "page=" not in page.url
+    page.locator("#page-next").click()  # page 2 goes on where page 1 stopped
+    expect(page.locator("#page-info")).to_have_text("Page 2 of 2")
+    expect_rows(page, ids[::-1][25:])
+
+    job_header.click()  # ascending: the lowest id overall comes first
+    expect(page.locator("#jobs-table th", has_text="Job")).to_have_attribute("aria-sort", "ascending")
+    expect(page.locator("#page-info")).to_have_text("Page 1 of 2")
+    expect_rows(page, ids[:25])
+    expect(page.locator("#jobs-body tr[data-job-id]").first).to_have_attribute("data-job-id", str(min(ids)))
+    expect(page.locator("#jobs-summary")).to_have_text("30 jobs created in the last 24 hours.")  # no "this page only" caveat
+
+    page.reload()  # the order comes back from the URL
+    expect(page.locator("#jobs-table th", has_text="Job")).to_have_attribute("aria-sort", "ascending")
+    expect_rows(page, ids[:25])
     watch.check()
 
 

@@ -163,6 +163,8 @@ def test_filters_and_paging(staff, jobs, job_type, make_consumer):
         ({"page": "0"}, "page"),
         ({"limit": "101"}, "limit"),
         ({"timeRange": "30d", "interval": "1m"}, "interval"),
+        ({"ordering": "cost"}, "ordering"),
+        ({"ordering": "--id"}, "ordering"),
     ],
 )
 def test_bad_parameters_are_a_400_naming_the_field(staff, params, field):
@@ -186,6 +188,113 @@ def test_query_count_does_not_grow_with_jobs(staff, job_type, consumer, django_a
             make_job(job_type, consumer)
     with django_assert_num_queries(10):
         get(staff, includeDetails="true")
+
+
+@pytest.fixture
+def ordered_jobs(job_type, consumer, make_consumer):
+    """Nine jobs in the last 24 h of two job types with ties on every ordering key, nulls (running
+    jobs) for processingTimeMs, a job of no lines and one timed from the provider's created_at."""
+    summaries = JobType.objects.create(name="summaries")
+    other = make_consumer("reporting")
+    with time_machine.travel(NOW, tick=False):
+        made = {
+            "a": make_job(job_type, consumer),  # completed, progress 1, 30 min, $1.25
+            "b": make_job(job_type, consumer),  # the same as a in every key but id
+            "c": make_job(job_type, consumer, status=B.EXPIRED, created_ago=timedelta(hours=3), ran=timedelta(minutes=90),
+                          succeeded=40, failed=0, requeued=60, cost_batch="0.50"),
+            "d": make_job(job_type, consumer, status=B.IN_PROGRESS, created_ago=timedelta(hours=1), succeeded=0, failed=0, requeued=0,
+                          cost_batch="0"),  # 100 lines out at ai_analysis's mean cost
+            "e": make_job(summaries, other, status=B.IN_PROGRESS, created_ago=timedelta(hours=4), requests=10, succeeded=0, failed=0,
+                          requeued=0, cost_batch="0"),  # 10 lines out at $0.01: $0.10, as f
+            "f": make_job(summaries, other, created_ago=timedelta(hours=5), ran=timedelta(minutes=10), requests=10, succeeded=10, failed=0,
+                          requeued=0, cost_batch="0.10"),
+            "g": make_job(job_type, consumer, status=B.PENDING, created_ago=timedelta(minutes=30), requests=0, succeeded=0, failed=0,
+                          requeued=0, cost_batch="0"),  # no lines: progress 0, not a division by zero
+            "h": make_job(job_type, consumer, status=B.CANCELLED, created_ago=timedelta(hours=6), ran=timedelta(minutes=20), succeeded=80,
+                          failed=5, requeued=5, cancelled=10, cost_batch="0.80"),
+            "i": make_job(summaries, other, status=B.FAILED, requests=50, succeeded=0, failed=50, requeued=0, cost_batch="0"),
+        }
+    BatchJob.objects.filter(pk=made["h"].pk).update(in_progress_at=None)  # started = the provider's created_at: 25 min
+    return made
+
+
+def all_pages(client, limit, **params):
+    """Every page of the job table in turn, and the pagination of the first."""
+    first = get(client, limit=limit, **params).json()["data"]
+    rows = list(first["jobs"])
+    for page in range(2, first["pagination"]["pages"] + 1):
+        rows += get(client, limit=limit, page=page, **params).json()["data"]["jobs"]
+    return rows, first["pagination"]
+
+
+def expected_order(rows, key, descending):
+    """What each key means on the rows the API shows: ties by id in the same direction, NULLs last either way."""
+
+    def value(row):
+        if key == "id":
+            return int(row["id"])
+        if key == "progress":
+            return (row["completedCount"] + row["failedCount"]) / row["requestCount"] if row["requestCount"] else 0.0
+        return row[key]
+
+    known = sorted((r for r in rows if value(r) is not None), key=lambda r: (value(r), int(r["id"])), reverse=descending)
+    missing = sorted((r for r in rows if value(r) is None), key=lambda r: int(r["id"]), reverse=descending)
+    return [r["id"] for r in known + missing]
+
+
+@pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
+@pytest.mark.parametrize("key", ["id", "status", "jobType", "progress", "createdAt", "processingTimeMs", "costEstimate"])
+def test_ordering_sorts_the_whole_table_across_pages(staff, ordered_jobs, key, descending):
+    everything = get(staff, limit=100).json()["data"]["jobs"]
+    assert len(everything) == 9
+    ordering = ("-" if descending else "") + key
+    rows, pagination = all_pages(staff, 4, ordering=ordering)
+    assert pagination == {"page": 1, "limit": 4, "total": 9, "pages": 3}
+    assert [r["id"] for r in rows] == expected_order(everything, key, descending)  # page 2 and 3 go on where page 1 stopped
+    assert rows == sorted(everything, key=lambda r: [r["id"] for r in rows].index(r["id"]))  # the same rows, whatever the order
+
+
+def test_ordering_by_hand_ties_by_id_and_nulls_last(staff, ordered_jobs):
+    j = {name: str(job.pk) for name, job in ordered_jobs.items()}
+
+    def ids(ordering, limit=4):
+        return [r["id"] for r in all_pages(staff, limit, ordering=ordering)[0]]
+
+    # 10, 25 (from the provider's created_at), three of 30 by id, 90 min; then the jobs not ended, by id
+    assert ids("processingTimeMs") == [j["f"], j["h"], j["a"], j["b"], j["i"], j["c"], j["d"], j["e"], j["g"]]
+    assert ids("-processingTimeMs") == [j["c"], j["i"], j["b"], j["a"], j["h"], j["f"], j["g"], j["e"], j["d"]]
+    # d: 100 lines out at ai_analysis's mean ($3.80 / 300 lines); e's estimate ($0.10) ties with f's real cost
+    assert ids("-costEstimate") == [j["d"], j["b"], j["a"], j["h"], j["c"], j["f"], j["e"], j["i"], j["g"]]
+    assert ids("costEstimate", limit=2) == [j["g"], j["i"], j["e"], j["f"], j["c"], j["h"], j["a"], j["b"], j["d"]]
+    running = next(r for r in get(staff, ordering="-costEstimate", limit=1).json()["data"]["jobs"])
+    assert running["id"] == j["d"] and running["costEstimate"] == pytest.approx(100 * 3.8 / 300, abs=1e-6)
+    # 0 (g has no lines), 0.9 (h's cancelled lines are neither completed nor failed), 1
+    assert ids("progress") == [j["d"], j["e"], j["g"], j["h"], j["a"], j["b"], j["c"], j["f"], j["i"]]
+    assert ids("createdAt") == [j["h"], j["f"], j["e"], j["c"], j["a"], j["b"], j["i"], j["d"], j["g"]]
+    assert ids("-jobType", limit=5)[:3] == [j["i"], j["f"], j["e"]]
+
+
+def test_default_ordering_is_newest_first_and_filters_still_apply(staff, ordered_jobs):
+    default = get(staff).json()["data"]["jobs"]
+    assert default == get(staff, ordering="-createdAt").json()["data"]["jobs"]
+    assert [r["id"] for r in default] == expected_order(default, "createdAt", True)
+    mine = get(staff, consumer="reporting", ordering="-costEstimate").json()["data"]["jobs"]
+    assert [r["id"] for r in mine] == [str(ordered_jobs[k].pk) for k in ("f", "e", "i")]
+    running = get(staff, status="in_progress", ordering="jobType").json()["data"]["jobs"]
+    assert [r["id"] for r in running] == [str(ordered_jobs["d"].pk), str(ordered_jobs["e"].pk)]
+
+
+def test_bad_ordering_is_a_400_naming_the_field(staff, ordered_jobs):
+    response = get(staff, ordering="cost")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and error["message"].startswith("ordering:") and "ordering" in error["details"]
+
+
+@pytest.mark.parametrize("ordering", ["costEstimate", "-processingTimeMs", "progress", "jobType"])
+def test_ordering_adds_no_query(staff, ordered_jobs, ordering, django_assert_num_queries):
+    with django_assert_num_queries(10):  # as test_query_count_does_not_grow_with_jobs
+        assert get(staff, includeDetails="true", ordering=ordering).status_code == 200
 
 
 def test_same_numbers_as_batch_status_command(staff, sandbox, submit):

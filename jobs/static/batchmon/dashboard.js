@@ -66,13 +66,13 @@
     return Math.abs(Date.parse(previous.range.to) - from) < span / 10;
   }
 
-  /* The admin API allows 60 calls a minute per user, so a change of status, page or page size
-   * fetches the job table alone; the previous period and the breakdowns are fetched again when
+  /* The admin API allows 60 calls a minute per user, so a change of status, page, page size or
+   * order fetches the job table alone; the previous period and the breakdowns are fetched again when
    * the scope (time range, job type, consumer) changes and on each timed refresh. */
   const scoped = { key: null, at: 0, previous: null, breakdowns: null };
   async function load() {
     const main = bm.api(
-      monitoringUrl({ status: state.status, page: state.page, limit: state.limit, includeDetails: "true" })
+      monitoringUrl({ status: state.status, page: state.page, limit: state.limit, ordering: state.sort, includeDetails: "true" })
     );
     const key = [state.timeRange, state.jobType, state.consumer].join("|");
     const full = key !== scoped.key || Date.now() - scoped.at >= config.refreshSeconds * 1000 - 250;
@@ -401,44 +401,28 @@
     cancel.title = job.canCancel ? "Ask the provider to stop this job" : "Only pending or running jobs not already being cancelled can be cancelled";
   }
 
-  function sortValue(job, key) {
-    if (key === "id") return Number(job.id);
-    if (key === "progress") return job.requestCount ? (job.completedCount + job.failedCount) / job.requestCount : 0;
-    if (key === "createdAt") return Date.parse(job.createdAt);
-    const v = job[key];
-    return v === null || v === undefined ? -Infinity : v;
-  }
-  function sortedJobs(jobs) {
-    const desc = state.sort.startsWith("-");
+  /* The API sorts the whole table (?ordering= takes state.sort as it is: a key, "-" first for
+   * descending), so the rows are drawn in the order they come in. */
+  function showSort() {
     const key = state.sort.replace(/^-/, "");
-    return jobs
-      .map((job, i) => ({ job, i }))
-      .sort((a, b) => {
-        const x = sortValue(a.job, key);
-        const y = sortValue(b.job, key);
-        const order = x < y ? -1 : x > y ? 1 : 0;
-        return (desc ? -order : order) || a.i - b.i;
-      })
-      .map((x) => x.job);
+    for (const th of document.querySelectorAll("#jobs-table th[aria-sort]")) {
+      const k = th.querySelector("button").dataset.sort;
+      th.setAttribute("aria-sort", k === key ? (state.sort.startsWith("-") ? "descending" : "ascending") : "none");
+    }
   }
 
   function renderJobs() {
     const data = state.data;
     if (!data) return;
     const body = $("jobs-body");
-    const jobs = sortedJobs(data.jobs);
+    const jobs = data.jobs;
     const p = data.pagination;
     const filtered = [state.status && "status " + fmt.status(state.status), state.jobType && "job type " + state.jobType, state.consumer && "consumer " + state.consumer]
       .filter(Boolean)
       .join(", ");
-    const key = state.sort.replace(/^-/, "");
     $("jobs-summary").textContent =
-      fmt.int(p.total) + " job" + (p.total === 1 ? "" : "s") + " created in " + rangeLabel() + (filtered ? " (" + filtered + ")" : "") + "." +
-      (p.pages > 1 && state.sort !== DEFAULTS.sort ? " Sorting orders the jobs of this page." : "");
-    for (const th of document.querySelectorAll("#jobs-table th[aria-sort]")) {
-      const k = th.querySelector("button").dataset.sort;
-      th.setAttribute("aria-sort", k === key ? (state.sort.startsWith("-") ? "descending" : "ascending") : "none");
-    }
+      fmt.int(p.total) + " job" + (p.total === 1 ? "" : "s") + " created in " + rangeLabel() + (filtered ? " (" + filtered + ")" : "") + ".";
+    showSort();
     $("page-info").textContent = p.pages ? "Page " + p.page + " of " + p.pages : "";
     $("page-prev").disabled = state.page <= 1;
     $("page-next").disabled = !p.pages || state.page >= p.pages;
@@ -668,6 +652,7 @@
   function init() {
     readUrl();
     showFilters();
+    showSort();
     writeUrl();
     refresher = bm.refresher(load, config.refreshSeconds);
     bm.refresh = refresher.refresh;
@@ -703,8 +688,10 @@
         const current = state.sort.replace(/^-/, "");
         const textual = key === "status" || key === "jobType";
         state.sort = current === key ? (state.sort.startsWith("-") ? key : "-" + key) : textual ? key : "-" + key;
+        state.page = 1; // a new order starts from its first page
         writeUrl();
-        renderJobs();
+        showSort();
+        refresher.refresh();
       });
     }
     $("jobs-body").addEventListener("click", async (event) => {
