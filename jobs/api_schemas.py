@@ -260,6 +260,32 @@ class FailedRequest(serializers.Serializer):
     attempts = serializers.IntegerField(help_text="Batches it was sent in.")
 
 
+class BatchForecast(serializers.Serializer):
+    jobId = serializers.IntegerField()
+    status = serializers.CharField()
+    total = serializers.IntegerField()
+    done = serializers.IntegerField(help_text="provider completed + failed lines.")
+    remaining = serializers.IntegerField()
+    ratePerHour = serializers.FloatField(
+        allow_null=True, help_text="Slope of the least-squares fit of done over the progress samples (or done / hours since in_progress_at with fewer than 3)."
+    )
+    eta = serializers.DateTimeField(allow_null=True, help_text="The last check (or now) + remaining / rate, never before now.")
+    earliest = serializers.DateTimeField(allow_null=True, help_text="At the fast end of the rate, rate × (1 + spread); spread in method.")
+    latest = serializers.DateTimeField(allow_null=True, help_text="At the slow end, rate × max(1 − spread, 0.1).")
+    expiresAt = serializers.DateTimeField(allow_null=True)
+    late = serializers.BooleanField(help_text="eta is after expires_at.")
+    atRisk = serializers.BooleanField(help_text="latest is after expires_at (or no estimate and an expiry).")
+    fitPoints = serializers.IntegerField(help_text="Progress points behind the fit; 0 when the mean-rate fallback was used.")
+    method = serializers.CharField()
+
+
+class ProgressSample(serializers.Serializer):
+    at = serializers.DateTimeField(help_text="When a status check saw these counts (first seen).")
+    total = serializers.IntegerField()
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
 class JobDetail(Job):
     """A job-table row with its details, history and failed requests."""
 
@@ -270,6 +296,8 @@ class JobDetail(Job):
     lastProviderError = serializers.CharField(allow_null=True, help_text="The last fault talking to the provider about this job, or null.")
     failedRequests = FailedRequest(many=True, help_text="One page of the job's requests that failed or were cancelled for good, by id.")
     failedRequestsPagination = Pagination(help_text="Paging of failedRequests.")
+    forecast = BatchForecast(allow_null=True, help_text="While the batch runs: its finish time with a range (jobs.forecasts); null once it has ended.")
+    progressSamples = ProgressSample(many=True, help_text="The provider's line counts each time a check saw them change, oldest first (the last 500).")
 
 
 JobDetailResponse = envelope_of("JobDetailResponse", JobDetail(), "One batch job in detail.")

@@ -20,15 +20,15 @@ Each answer carries `method`, one sentence saying how it was computed, so the nu
 import math
 from datetime import timedelta
 
+from django.db.models import F
+from django.db.models import Window as Over
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import serializers
 
+from jobs import api_schemas as schemas
 from jobs import stats
-from django.db.models import F
-from django.db.models import Window as Over
-from django.db.models.functions import RowNumber
-
 from jobs.models import AIRequest, BatchJob, BatchProgress, JobType
 from jobs.monitoring_api import ERRORS, AuditedStaffView, ok, validated
 
@@ -302,25 +302,6 @@ class ForecastParams(serializers.Serializer):
     validate_drainWindow = _span
 
 
-class BatchForecast(serializers.Serializer):
-    jobId = serializers.IntegerField()
-    status = serializers.CharField()
-    total = serializers.IntegerField()
-    done = serializers.IntegerField(help_text="provider completed + failed lines.")
-    remaining = serializers.IntegerField()
-    ratePerHour = serializers.FloatField(
-        allow_null=True, help_text="Slope of the least-squares fit of done over the progress samples (or done / hours since in_progress_at with fewer than 3)."
-    )
-    eta = serializers.DateTimeField(allow_null=True, help_text="The last check (or now) + remaining / rate, never before now.")
-    earliest = serializers.DateTimeField(allow_null=True, help_text="At the fast end of the rate, rate × (1 + spread); spread in method.")
-    latest = serializers.DateTimeField(allow_null=True, help_text="At the slow end, rate × max(1 − spread, 0.1).")
-    expiresAt = serializers.DateTimeField(allow_null=True)
-    late = serializers.BooleanField(help_text="eta is after expires_at.")
-    atRisk = serializers.BooleanField(help_text="latest is after expires_at (or no estimate and an expiry).")
-    fitPoints = serializers.IntegerField(help_text="Progress points behind the fit; 0 when the mean-rate fallback was used.")
-    method = serializers.CharField()
-
-
 class Money(serializers.Serializer):
     cost = serializers.FloatField(help_text="USD at batch price.")
     standardCost = serializers.FloatField(help_text="USD at standard price.")
@@ -355,7 +336,7 @@ class QueueForecast(serializers.Serializer):
 
 class ForecastsData(serializers.Serializer):
     generatedAt = serializers.DateTimeField()
-    batches = BatchForecast(many=True, help_text="Running batches (validating, in_progress, finalizing), soonest to expire first, at most 100.")
+    batches = schemas.BatchForecast(many=True, help_text="Running batches (validating, in_progress, finalizing), soonest to expire first, at most 100.")
     monthly = MonthlyForecast()
     queue = QueueForecast()
 

@@ -217,6 +217,12 @@ JOB_DETAIL_EXAMPLE = {
             }
         ],
         "failedRequestsPagination": {"page": 1, "limit": 50, "total": 2, "pages": 1},
+        "progressSamples": [
+            {"at": "2024-01-01T10:06:00Z", "total": 100, "completed": 20, "failed": 0},
+            {"at": "2024-01-01T10:20:00Z", "total": 100, "completed": 61, "failed": 1},
+            {"at": "2024-01-01T10:34:00Z", "total": 100, "completed": 98, "failed": 2},
+        ],
+        "forecast": None,
     },
 }
 RETRY_EXAMPLE = {"success": True, "data": {"jobId": "12", "retryJobId": "40", "requeued": 7}}
@@ -296,7 +302,7 @@ class BatchMonitoringView(AuditedStaffView):
 class JobDetailView(AuditedStaffView):
     @extend_schema(
         operation_id="batch_monitoring_job",
-        summary="One batch job: transitions, error summary, consumers and a page of its failed requests",
+        summary="One batch job: transitions, error summary, consumers, a page of its failed requests, progress samples and forecast",
         parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH, description="The job id."), PageParams],
         responses={
             200: schemas.JobDetailResponse,
@@ -310,7 +316,7 @@ class JobDetailView(AuditedStaffView):
     def get(self, request, pk):
         p = validated(PageParams, request)
         job = get_object_or_404(BatchJob, pk=pk)
-        return ok(stats.job_detail(job, p["page"], p["limit"]))
+        return ok(stats.job_detail(job, p["page"], p["limit"], timezone.now()))
 
 
 class JobRetryView(AuditedStaffView):

@@ -44,6 +44,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db.models import Case, Count, Exists, OuterRef, DurationField, ExpressionWrapper, F, FloatField, Func, Q, Sum, Value, When
 from django.db.models.functions import Cast, Coalesce, Floor, Greatest, NullIf
+from django.utils import timezone as djtz
 
 from jobs.models import USD_UNITS, AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobHourStats, USDField
 from jobs.rollups import ALL_CONSUMERS, hour_of
@@ -527,8 +528,12 @@ def report(since, until, *, job_type=None, consumer=None, status=None, include_d
     return data
 
 
-def job_detail(job, page=1, limit=50):
-    """One job with its transitions, error summary, consumers and a page of its failed requests."""
+PROGRESS_SAMPLES = 500  # the job page's progress chart: the last this many
+
+
+def job_detail(job, page=1, limit=50, now=None):
+    """One job with its transitions, error summary, consumers, a page of its failed requests, its
+    progress samples and, while it runs, its finish forecast."""
     retried = Exists(BatchJob.objects.filter(retry_of=OuterRef("pk")))
     row = BatchJob.objects.filter(pk=job.pk).annotate(retried=retried).values(*JOB_FIELDS, "retried").get()
     until = job.finished_at or job.created_at
@@ -557,6 +562,14 @@ def job_detail(job, page=1, limit=50):
         ]
     ]
     data["failedRequestsPagination"] = {"page": page, "limit": limit, "total": total, "pages": -(-total // limit)}
+    samples = list(job.progress_samples.order_by("-at", "-id")[:PROGRESS_SAMPLES])[::-1]
+    data["progressSamples"] = [{"at": _iso(s.at), "total": s.total, "completed": s.completed, "failed": s.failed} for s in samples]
+    if job.status in BatchJob.TERMINAL:
+        data["forecast"] = None
+    else:
+        from jobs import forecasts  # it builds on this module
+
+        data["forecast"] = forecasts.batch_finish(job, now or djtz.now(), samples[-forecasts.FIT_SAMPLES :])
     return data
 
 

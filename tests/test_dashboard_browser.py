@@ -22,7 +22,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from jobs import lifecycle
-from jobs.models import BatchJob, JobType
+from jobs.models import BatchJob, BatchProgress, JobType
 from tests.test_monitoring_api import make_job
 
 
@@ -514,6 +514,47 @@ def test_job_page_shows_timeline_errors_and_failed_requests(page, live_server, s
     expect(page.get_by_role("link", name=f"job {job.pk}")).to_be_visible()  # "Retry of"
     page.get_by_role("link", name="Batch monitoring").click()  # back to the dashboard
     expect(page.locator("#jobs-body tr[data-job-id]")).to_have_count(2)
+    watch.check()
+
+
+def test_job_page_of_a_running_batch_charts_its_progress_and_forecast(page, live_server, staff_user, job_type, watch, screenshots):
+    """A batch 2 h into its run with 300 lines/h of samples and 1 h 25 min to expiry: the page shows
+    the fitted finish (the API's), flags it at risk or late, states the method and charts the samples."""
+    now = timezone.now()
+    job = BatchJob.objects.create(
+        job_type=job_type, model="gpt-4o-mini", endpoint="/v1/chat/completions", status=B.IN_PROGRESS, provider_batch_id="batch_running",
+        created_at=now - timedelta(hours=2, minutes=5), submitted_at=now - timedelta(hours=2, minutes=4), in_progress_at=now - timedelta(hours=2),
+        expires_at=now + timedelta(hours=1, minutes=25), request_count=1000, provider_total=1000, provider_completed=580, provider_failed=20,
+        checked_at=now,
+    )
+    BatchProgress.objects.bulk_create(
+        BatchProgress(job=job, at=now - timedelta(hours=2) + timedelta(minutes=m), total=1000, completed=5 * m - (m // 6), failed=m // 6) for m in range(10, 121, 10)
+    )
+    log_in(page, live_server, f"/admin/batch-monitoring/{job.pk}/")
+    expect(page.locator("#job-status")).to_have_text("In Progress")
+    forecast = page.request.get(f"{live_server.url}/api/admin/batch-monitoring/{job.pk}").json()["data"]["forecast"]
+    assert forecast["fitPoints"] == 12 and forecast["ratePerHour"] == 300.0  # 400 left → 1 h 20 min; the slow end (1 h 27 min) is after expiry
+    expect(page.locator("#forecast-eta")).to_have_attribute("datetime", forecast["eta"])
+    expect(page.locator("#job-forecast")).to_contain_text("Expected to finish")
+    expect(page.locator("#job-forecast")).to_contain_text("300 lines/h")
+    for key in ("earliest", "latest", "expiresAt"):  # the range and the expiry as times, not object names
+        expect(page.locator(f'#job-forecast time[datetime="{forecast[key]}"]')).to_have_count(1)
+    expect(page.locator("#job-forecast")).not_to_contain_text("[object")
+    expect(page.locator("#job-progress")).to_contain_text("the provider has done 600 of 1,000 lines.")
+    assert (forecast["late"], forecast["atRisk"]) == (False, True)
+    expect(page.locator("#forecast-flag")).to_have_text("At risk of expiring")
+    expect(page.locator("#forecast-method")).to_have_text(forecast["method"])
+    chart = page.locator("#job-progress-chart svg")
+    expect(chart.locator("circle.bm-dot")).to_have_count(12)
+    expect(chart.locator(".bm-forecast-line")).to_have_count(1)
+    expect(chart.locator(".bm-forecast-band")).to_have_count(1)
+    page.locator("#job-progress-chart summary").click()  # the numbers behind the chart
+    expect(page.locator("#job-progress-chart table tbody tr")).to_have_count(12)
+    page.screenshot(path=str(screenshots / "job-running-1280.png"), full_page=True)
+    page.set_viewport_size(NARROW)
+    assert_fits(page, NARROW["width"])
+    page.screenshot(path=str(screenshots / "job-running-390.png"), full_page=True)
+    page.set_viewport_size(WIDE)
     watch.check()
 
 

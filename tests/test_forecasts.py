@@ -1,5 +1,6 @@
 """jobs.forecasts on synthetic series with hand-computed answers (time frozen with time-machine)."""
 
+import json
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
@@ -257,3 +258,29 @@ def test_forecasts_view_in_the_openapi_schema():
     op = schema["paths"]["/api/admin/forecasts"]["get"]
     assert op["operationId"] == "forecasts"
     assert "example" in str(op["responses"]["200"]["content"]["application/json"])
+
+
+def test_job_detail_of_a_running_batch_has_its_samples_and_forecast(sandbox, submit, admin_user, client):
+    """GET /api/admin/batch-monitoring/{id} while the sandbox runs the batch, validated against the schema."""
+    from tests.test_openapi import check_response, find_operation
+
+    sandbox.configure(in_progress_seconds=1000)
+    submit(100)
+    start = timezone.now()
+    with time_machine.travel(start, tick=False) as traveller:
+        lifecycle.run_cycle(start)
+        for _ in range(3):
+            traveller.shift(timedelta(seconds=100))
+            lifecycle.check_batches(timezone.now())
+        job = BatchJob.objects.get()
+        api = APIClient()
+        api.force_authenticate(admin_user)
+        response = api.get(f"/api/admin/batch-monitoring/{job.pk}")
+        openapi = json.loads(client.get("/api/schema/", {"format": "json"}).content)
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert [s["completed"] for s in data["progressSamples"]][-3:] == [10, 20, 30]
+    assert data["forecast"]["fitPoints"] >= 3 and data["forecast"]["ratePerHour"] == 360.0
+    assert data["forecast"]["method"].startswith("Least-squares fit")
+    _, _, op = find_operation(openapi, "batch_monitoring_job")
+    check_response(openapi, op, response)

@@ -214,4 +214,69 @@
       },
     });
   };
+  /* A batch's lines done over real time (the progress samples), the total as a ceiling and, while it
+   * runs, the forecast: a dashed projection to the estimate and the earliest–latest band. */
+  bm.charts.progress = function (box, { title, points, total, forecast, note, emptyMessage }) {
+    const format = bm.fmt.int;
+    const ends = forecast && forecast.eta ? [forecast.eta, forecast.earliest, forecast.latest].filter(Boolean).map(Date.parse) : [];
+    const times = points.map((p) => p.at);
+    const t0 = times.length ? Math.min(...times) : Date.now();
+    const t1 = Math.max(t0 + 60000, ...times, ...ends);
+    const yTicks = ticks(Math.max(total || 0, ...points.map((p) => p.done)), 4, true);
+    const yMax = yTicks[yTicks.length - 1];
+    const long = t1 - t0 > 36 * 3600 * 1000;
+    const tickTime = new Intl.DateTimeFormat("en-GB", long ? { timeZone: bm.fmt.zone, day: "numeric", month: "short", hour: "2-digit" } : { timeZone: bm.fmt.zone, hour: "2-digit", minute: "2-digit" });
+    const last = points[points.length - 1];
+    const desc =
+      points.length + " progress samples" + (last ? "; " + format(last.done) + " of " + format(total) + " lines done at " + bm.fmt.time(new Date(last.at).toISOString()) : "") +
+      (forecast && forecast.eta ? "; expected to finish " + bm.fmt.time(forecast.eta) : "");
+    const legend = [{ name: "Lines done", cls: "bm-c-ok" }];
+    if (ends.length) legend.push({ name: "Forecast (range shaded)", cls: "bm-c-processing" });
+    mount(box, {
+      title,
+      note,
+      legend,
+      render(width, id) {
+        const f = frame(width, 230, yTicks, format, "Lines");
+        const svg = svgRoot(id, width, f.height, title, desc);
+        svg.append(axes(f, yTicks, yMax));
+        const x = (t) => f.m.left + ((t - t0) / (t1 - t0)) * f.w;
+        const y = (v) => f.m.top + f.hgt - (v / yMax) * f.hgt;
+        if (total) svg.append(s("line", { x1: f.m.left, x2: f.m.left + f.w, y1: y(total), y2: y(total), class: "bm-total-line" }, s("title", { text: "Total: " + format(total) + " lines" })));
+        if (ends.length && last) {
+          const [eta, earliest, latest] = [forecast.eta, forecast.earliest || forecast.eta, forecast.latest || forecast.eta].map(Date.parse);
+          svg.append(
+            s("polygon", { points: [[x(last.at), y(last.done)], [x(earliest), y(total)], [x(latest), y(total)]].map((p) => p.join(",")).join(" "), class: "bm-forecast-band" }),
+            s("line", { x1: x(last.at), y1: y(last.done), x2: x(eta), y2: y(total), class: "bm-forecast-line" }, s("title", { text: "Expected finish: " + bm.fmt.time(forecast.eta) }))
+          );
+        }
+        if (points.length) {
+          const xy = points.map((p) => [x(p.at), y(p.done)]);
+          svg.append(s("polyline", { points: xy.map((p) => p.join(",")).join(" "), class: "bm-line bm-c-ok" }));
+          xy.forEach((p, i) =>
+            svg.append(s("circle", { cx: p[0], cy: p[1], r: points.length > 60 ? 1.5 : 2.5, class: "bm-dot bm-c-ok" }, s("title", { text: bm.fmt.time(new Date(points[i].at).toISOString()) + " · " + format(points[i].done) + " lines" })))
+          );
+        }
+        const count = Math.max(2, Math.floor(f.w / 90));
+        for (let i = 0; i <= count; i++) {
+          const t = t0 + ((t1 - t0) * i) / count;
+          svg.append(
+            s("line", { x1: x(t), x2: x(t), y1: f.m.top + f.hgt, y2: f.m.top + f.hgt + 4, class: "bm-axis-line" }),
+            s("text", { x: x(t), y: f.m.top + f.hgt + 17, "text-anchor": "middle", class: "bm-tick", text: tickTime.format(new Date(t)) })
+          );
+        }
+        svg.append(s("text", { x: f.m.left + f.w / 2, y: f.height - 6, "text-anchor": "middle", class: "bm-axis-title", text: "Time (" + bm.fmt.zone + ")" }));
+        if (!points.length) svg.append(emptyNote(f, emptyMessage || "No progress seen yet"));
+        return svg;
+      },
+      table() {
+        return h(
+          "table",
+          { class: "bm-table bm-table-compact" },
+          h("thead", {}, h("tr", {}, ["Seen at", "Completed", "Failed", "Total"].map((c) => h("th", { scope: "col", text: c })))),
+          h("tbody", {}, points.map((p) => h("tr", {}, h("td", { text: bm.fmt.time(new Date(p.at).toISOString()) }), h("td", { text: format(p.completed) }), h("td", { text: format(p.failed) }), h("td", { text: format(p.total) }))))
+        );
+      },
+    });
+  };
 })();

@@ -65,11 +65,45 @@
     cancel.disabled = !job.canCancel;
     $("job-cancel-why").textContent = job.canCancel ? "" : "Only pending or running jobs not already being cancelled can be cancelled.";
 
+    renderForecast(job);
     renderTimeline(job.transitions);
     renderErrors(job);
     renderConsumers(job.consumers || []);
     renderProviderErrors(job.providerErrors);
     renderFailed(job);
+  }
+
+  function renderForecast(job) {
+    const f = job.forecast;
+    const box = $("job-forecast");
+    const points = (job.progressSamples || []).map((p) => ({ at: Date.parse(p.at), done: p.completed + p.failed, completed: p.completed, failed: p.failed, total: p.total }));
+    const total = f ? f.total : points.length ? points[points.length - 1].total : job.requestCount;
+    if (!f) {
+      replace(box, h("p", { class: "bm-quiet", text: "The batch has ended: no forecast." }));
+    } else {
+      const flag = f.late ? ["late", "Expected after it expires"] : f.atRisk ? ["at-risk", "At risk of expiring"] : null;
+      const when = f.eta
+        ? [
+            "Expected to finish ",
+            h("time", { datetime: f.eta, id: "forecast-eta", text: fmt.time(f.eta) }),
+            f.earliest && f.latest ? [" (between ", h("time", { datetime: f.earliest, text: fmt.time(f.earliest) }), " and ", h("time", { datetime: f.latest, text: fmt.time(f.latest) }), ")"] : "",
+            f.ratePerHour !== null ? " at " + fmt.num(f.ratePerHour) + " lines/h" : "",
+            f.expiresAt ? [" · expires ", h("time", { datetime: f.expiresAt, text: fmt.time(f.expiresAt) })] : "",
+          ]
+        : ["No finish estimate yet", f.expiresAt ? [" · expires ", h("time", { datetime: f.expiresAt, text: fmt.time(f.expiresAt) })] : ""];
+      replace(
+        box,
+        h("p", {}, flag ? [h("span", { class: "bm-badge", dataset: { status: flag[0] === "late" ? "failed" : "pending" }, id: "forecast-flag", text: flag[1] }), " "] : "", when),
+        h("p", { class: "bm-method", id: "forecast-method", text: f.method })
+      );
+    }
+    bm.charts.progress($("job-progress-chart"), {
+      title: "Lines done (provider counts, " + fmt.int(points.length) + " samples)",
+      points,
+      total,
+      forecast: f && f.eta ? f : null,
+      emptyMessage: "No progress seen yet",
+    });
   }
 
   function renderTimeline(transitions) {
@@ -231,6 +265,9 @@
         h("span", { class: "bm-progress-failed", style: "width:" + pct(job.failedCount) + "%" })
       ),
       h("span", { class: "bm-progress-text" }, fmt.int(job.completedCount) + " succeeded · " + fmt.int(job.failedCount) + " failed · " + fmt.int(total) + " requests"),
+      job.forecast
+        ? h("span", { class: "bm-progress-text bm-wrap", text: "Applied so far; the provider has done " + fmt.int(job.forecast.done) + " of " + fmt.int(job.forecast.total) + " lines." })
+        : null,
     ];
   }
 
