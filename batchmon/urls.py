@@ -11,6 +11,7 @@ from metrics.prometheus import metrics_view
 admin_api = [
     path("batch-monitoring", m.BatchMonitoringView.as_view(), name="batch-monitoring"),
     path("batch-monitoring/alerts", m.AlertConfigView.as_view(), name="batch-monitoring-alerts"),
+    path("batch-monitoring/breakdown", m.BreakdownView.as_view(), name="batch-monitoring-breakdown"),
     path("batch-monitoring/<int:pk>", m.JobDetailView.as_view(), name="batch-monitoring-job"),
     path("batch-monitoring/<int:pk>/retry", m.JobRetryView.as_view(), name="batch-monitoring-retry"),
     path("batch-monitoring/<int:pk>/cancel", m.JobCancelView.as_view(), name="batch-monitoring-cancel"),

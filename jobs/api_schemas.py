@@ -222,6 +222,30 @@ class MonitoringData(serializers.Serializer):
 MonitoringResponse = envelope_of("MonitoringResponse", MonitoringData(), "Figures, queues, performance, history and one page of the job table.")
 
 
+# --- GET /api/admin/batch-monitoring/breakdown ------------------------------------------------
+
+
+class BreakdownRow(serializers.Serializer):
+    name = serializers.CharField(help_text="The job type's or consumer's name.")
+    summary = MonitoringSummary(help_text="As the monitoring summary, scoped to this name (and the other filter).")
+    costs = MonitoringCosts()
+
+
+class BreakdownMore(serializers.Serializer):
+    jobType = serializers.IntegerField(help_text="Job types beyond `limit`, not listed.")
+    consumer = serializers.IntegerField(help_text="Consumers beyond `limit`, not listed.")
+
+
+class BreakdownData(serializers.Serializer):
+    byJobType = BreakdownRow(many=True, help_text="Each job type by name, within the consumer filter.")
+    byConsumer = BreakdownRow(many=True, help_text="Each consumer by name, within the job type filter.")
+    more = BreakdownMore()
+    range = MonitoringRange()
+
+
+BreakdownResponse = envelope_of("BreakdownResponse", BreakdownData(), "The monitoring summary per job type and per consumer.")
+
+
 # --- GET /api/admin/batch-monitoring/{pk} -----------------------------------------------------
 
 Transition = _serializer(

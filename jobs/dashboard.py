@@ -19,7 +19,7 @@ from jobs.models import BatchJob, Consumer, JobType
 
 TIME_RANGES = (("1h", "Last hour"), ("24h", "Last 24 hours"), ("7d", "Last 7 days"), ("30d", "Last 30 days"))
 PAGE_SIZES = (25, 50, 100)
-MAX_BREAKDOWN = 12  # names per breakdown panel: each is one API call per refresh
+MAX_BREAKDOWN = 12  # names per breakdown panel (all of them come from one API call)
 ID = 2_147_483_646  # stands for {id} while reversing URL patterns
 
 
@@ -72,6 +72,7 @@ def _page_config(request):
             "retry": _id_template("batch-monitoring-retry"),
             "cancel": _id_template("batch-monitoring-cancel"),
             "alertConfig": reverse("batch-monitoring-alerts"),
+            "breakdown": reverse("batch-monitoring-breakdown"),
             "auditLog": reverse("audit-log"),
             "alerts": _alerts_api(),
         },

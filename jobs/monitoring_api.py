@@ -114,6 +114,14 @@ class MonitoringParams(serializers.Serializer):
         return attrs
 
 
+class BreakdownParams(serializers.Serializer):
+    timeRange = SpanField(default="24h", help_text="1h, 24h (default), 7d, 30d, or any <n>h / <n>d up to 366d.")
+    jobType = NamedField(JobType, required=False, help_text="The consumer rows count only this job type (by name).")
+    consumer = NamedField(Consumer, required=False, help_text="The job type rows count only this consumer's share (by name).")
+    limit = serializers.IntegerField(min_value=1, max_value=50, default=12, help_text="Names per list, first by name.")
+    offset = SpanField(units="mhd", required=False, help_text="Shift the window back, as in the monitoring call.")
+
+
 class PageParams(serializers.Serializer):
     page = serializers.IntegerField(min_value=1, default=1)
     limit = serializers.IntegerField(min_value=1, max_value=100, default=50)
@@ -225,6 +233,18 @@ JOB_DETAIL_EXAMPLE = {
         "forecast": None,
     },
 }
+BREAKDOWN_EXAMPLE = {
+    "success": True,
+    "data": {
+        "byJobType": [
+            {"name": name, "summary": {**MONITORING_EXAMPLE["data"]["summary"], "totalJobs": jobs}, "costs": MONITORING_EXAMPLE["data"]["costs"]}
+            for name, jobs in (("ai_analysis", 150), ("summaries", 6))
+        ],
+        "byConsumer": [{"name": "acme", "summary": MONITORING_EXAMPLE["data"]["summary"], "costs": MONITORING_EXAMPLE["data"]["costs"]}],
+        "more": {"jobType": 0, "consumer": 0},
+        "range": {"from": "2024-01-01T00:00:00Z", "to": "2024-01-02T00:00:00Z"},
+    },
+}
 RETRY_EXAMPLE = {"success": True, "data": {"jobId": "12", "retryJobId": "40", "requeued": 7}}
 CANCEL_EXAMPLE = {"success": True, "data": {"jobId": "12", "status": "cancelling", "cancelRequestedAt": "2026-01-01T10:00:00Z"}}
 ALERT_RULES_EXAMPLE = [
@@ -297,6 +317,30 @@ class BatchMonitoringView(AuditedStaffView):
             ordering=p["ordering"],
         )
         return ok(data)
+
+
+class BreakdownView(AuditedStaffView):
+    @extend_schema(
+        operation_id="batch_monitoring_breakdown",
+        summary="The monitoring summary per job type and per consumer, in one call",
+        description=(
+            "What the dashboard's breakdown panels show: for each job type (within the consumer filter) and each consumer (within "
+            "the job type filter), the same summary and costs as GET /api/admin/batch-monitoring scoped to it — one call and one "
+            "throttle token instead of one per name."
+        ),
+        parameters=[BreakdownParams],
+        responses={
+            200: schemas.BreakdownResponse,
+            400: schemas.invalid("limit: Ensure this value is less than or equal to 50.", "limit", "Ensure this value is less than or equal to 50."),
+            **ERRORS,
+        },
+        examples=[OpenApiExample("two job types, one consumer", value=BREAKDOWN_EXAMPLE, response_only=True, status_codes=["200"])],
+        tags=["monitoring"],
+    )
+    def get(self, request):
+        p = validated(BreakdownParams, request)
+        until = timezone.now() - p.get("offset", timedelta(0))
+        return ok(stats.breakdown(until - p["timeRange"], until, job_type=p.get("jobType"), consumer=p.get("consumer"), limit=p["limit"]))
 
 
 class JobDetailView(AuditedStaffView):

@@ -46,7 +46,7 @@ from django.db.models import Case, Count, Exists, OuterRef, DurationField, Expre
 from django.db.models.functions import Cast, Coalesce, Floor, Greatest, NullIf
 from django.utils import timezone as djtz
 
-from jobs.models import USD_UNITS, AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobHourStats, USDField
+from jobs.models import USD_UNITS, AIRequest, BatchJob, BatchJobConsumer, BatchTransition, Consumer, JobHourStats, JobType, USDField
 from jobs.rollups import ALL_CONSUMERS, hour_of
 
 S = BatchJob.Status
@@ -293,6 +293,26 @@ def figures(since, until, scope, by_type=None):
             },
         },
         "costs": {"batch": _usd(ended["cost_batch"]), "standard": _usd(ended["cost_standard"]), "savings": _usd(savings)},
+    }
+
+
+def breakdown(since, until, *, job_type=None, consumer=None, limit=12):
+    """The figures of each job type (within the consumer filter) and of each consumer (within the
+    job type filter), the first `limit` of each by name: the dashboard's two breakdown panels in
+    one call. Queries: 6 + 3 per job type + 5 per consumer (the outcomes of every job type come
+    from one grouped read)."""
+    by_type = _ended_by_job_type(since, until, Scope(None, consumer))
+    types = list(JobType.objects.order_by("name")[:limit])
+    consumers = list(Consumer.objects.order_by("name")[:limit])
+
+    def row(name, f):
+        return {"name": name, "summary": f["summary"], "costs": f["costs"]}
+
+    return {
+        "byJobType": [row(t.name, figures(since, until, Scope(t, consumer), {t.pk: by_type[t.pk]} if t.pk in by_type else {})) for t in types],
+        "byConsumer": [row(c.name, figures(since, until, Scope(job_type, c))) for c in consumers],
+        "more": {"jobType": max(0, JobType.objects.count() - limit), "consumer": max(0, Consumer.objects.count() - limit)},
+        "range": {"from": _iso(since), "to": _iso(until)},
     }
 
 

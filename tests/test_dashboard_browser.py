@@ -517,12 +517,11 @@ def test_job_page_shows_timeline_errors_and_failed_requests(page, live_server, s
     watch.check()
 
 
-def test_job_page_of_a_running_batch_charts_its_progress_and_forecast(page, live_server, staff_user, job_type, watch, screenshots):
-    """A batch 2 h into its run with 300 lines/h of samples and 1 h 25 min to expiry: the page shows
-    the fitted finish (the API's), flags it at risk or late, states the method and charts the samples."""
+def running_with_samples(job_type, batch_id="batch_running"):
+    """In progress for 2 h at 300 lines/h (12 samples), 600 of 1,000 done, expiring in 1 h 25 min."""
     now = timezone.now()
     job = BatchJob.objects.create(
-        job_type=job_type, model="gpt-4o-mini", endpoint="/v1/chat/completions", status=B.IN_PROGRESS, provider_batch_id="batch_running",
+        job_type=job_type, model="gpt-4o-mini", endpoint="/v1/chat/completions", status=B.IN_PROGRESS, provider_batch_id=batch_id,
         created_at=now - timedelta(hours=2, minutes=5), submitted_at=now - timedelta(hours=2, minutes=4), in_progress_at=now - timedelta(hours=2),
         expires_at=now + timedelta(hours=1, minutes=25), request_count=1000, provider_total=1000, provider_completed=580, provider_failed=20,
         checked_at=now,
@@ -530,6 +529,41 @@ def test_job_page_of_a_running_batch_charts_its_progress_and_forecast(page, live
     BatchProgress.objects.bulk_create(
         BatchProgress(job=job, at=now - timedelta(hours=2) + timedelta(minutes=m), total=1000, completed=5 * m - (m // 6), failed=m // 6) for m in range(10, 121, 10)
     )
+    return job
+
+
+def test_dashboard_forecasts_panel_shows_the_apis_projections_at_risk_first(page, live_server, staff_user, seeded, job_type, watch, screenshots):
+    job = running_with_samples(job_type)
+    log_in(page, live_server)
+    data = page.request.get(f"{live_server.url}/api/admin/forecasts", params={"window": "24h"}).json()["data"]
+    panel = page.locator("#forecasts-panel")
+    expect(panel.locator("[data-forecast=savings]")).to_have_text(usd(data["monthly"]["projectedMonthly"]["savings"]))
+    expect(panel.locator("[data-forecast=cost]")).to_contain_text(usd(data["monthly"]["projectedMonthly"]["cost"]))
+    expect(panel.locator("[data-forecast=queue]")).to_contain_text("empty" if data["queue"]["state"] == "empty" else "waiting")
+    risky = [b for b in data["batches"] if b["late"] or b["atRisk"]]
+    expect(panel.locator("[data-forecast=batches]")).to_have_text(f"{len(data['batches'])} · {len(risky)} late or at risk")
+    first = panel.locator("#forecasts-body tr").first
+    expect(first).to_have_attribute("data-job-id", str(job.pk))
+    expect(first).to_contain_text("At risk")
+    expect(first.locator("time").first).to_have_attribute("datetime", next(b for b in data["batches"] if b["jobId"] == job.pk)["eta"])
+    unstarted = panel.locator(f'#forecasts-body tr[data-job-id="{seeded["running"].pk}"]')  # no in_progress_at, no expiry
+    expect(unstarted).to_contain_text("No estimate yet")
+    panel.locator("summary", has_text="How these are computed").click()
+    expect(panel.locator("#forecasts-methods")).to_contain_text(data["monthly"]["method"])
+    panel.screenshot(path=str(screenshots / "forecasts-1280.png"))
+    page.set_viewport_size(NARROW)
+    assert_fits(page, NARROW["width"])
+    panel.screenshot(path=str(screenshots / "forecasts-390.png"))
+    page.set_viewport_size(WIDE)
+    first.get_by_role("link", name=f"Job {job.pk}").click()
+    expect(page.locator("h1")).to_have_text(f"Batch job {job.pk}")
+    watch.check()
+
+
+def test_job_page_of_a_running_batch_charts_its_progress_and_forecast(page, live_server, staff_user, job_type, watch, screenshots):
+    """A batch 2 h into its run with 300 lines/h of samples and 1 h 25 min to expiry: the page shows
+    the fitted finish (the API's), flags it at risk or late, states the method and charts the samples."""
+    job = running_with_samples(job_type)
     log_in(page, live_server, f"/admin/batch-monitoring/{job.pk}/")
     expect(page.locator("#job-status")).to_have_text("In Progress")
     forecast = page.request.get(f"{live_server.url}/api/admin/batch-monitoring/{job.pk}").json()["data"]["forecast"]

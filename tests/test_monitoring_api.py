@@ -434,3 +434,36 @@ def test_hourly_rollups_agree_with_the_jobs_they_sum(staff, sandbox, submit, set
         mine = staff.get(reverse("batch-monitoring"), {"consumer": name}).json()["data"]["summary"]
         share = BatchJobConsumer.objects.filter(consumer__name=name).aggregate(s=Sum("succeeded_count"), f=Sum("failed_count"))
         assert mine["processedRequests"] == share["s"] + share["f"]
+
+
+# --- GET /api/admin/batch-monitoring/breakdown -------------------------------------------------
+
+
+def test_breakdown_rows_equal_the_scoped_monitoring_figures(staff, job_type, consumer, make_consumer, django_assert_num_queries):
+    other_type = JobType.objects.create(name="summaries")
+    other = make_consumer("reporting")
+    with time_machine.travel(NOW, tick=False):
+        make_job(job_type, consumer)
+        make_job(job_type, other, succeeded=100, failed=0, requeued=0, cost_batch="2.75", created_ago=timedelta(minutes=20), ran=timedelta(minutes=5))
+        make_job(other_type, other, succeeded=10, failed=0, requeued=0, requests=10, cost_batch="0.10", created_ago=timedelta(hours=5))
+        make_job(other_type, consumer, status=B.IN_PROGRESS, succeeded=0, failed=0, requeued=0, cost_batch="0")
+        make_job(job_type, consumer, created_ago=timedelta(days=3))  # outside 24 h
+        for filters in ({}, {"consumer": "reporting"}, {"jobType": "summaries"}, {"timeRange": "7d", "jobType": "ai_analysis", "consumer": consumer.name}):
+            data = staff.get(reverse("batch-monitoring-breakdown"), filters).json()["data"]
+            for key, rows, names in (("jobType", data["byJobType"], ["ai_analysis", "summaries"]), ("consumer", data["byConsumer"], ["acme", "reporting"])):
+                assert [r["name"] for r in rows] == names
+                for r in rows:
+                    scoped = get(staff, **{**filters, key: r["name"], "limit": 1}).json()["data"]
+                    assert (r["summary"], r["costs"]) == (scoped["summary"], scoped["costs"]), (filters, key, r["name"])
+            assert data["more"] == {"jobType": 0, "consumer": 0}
+        totals = staff.get(reverse("batch-monitoring-breakdown")).json()["data"]
+        assert [r["summary"]["totalJobs"] for r in totals["byJobType"]] == [2, 2]
+        assert [r["costs"]["batch"] for r in totals["byConsumer"]] == [1.25, 2.85]
+        # 6 + 3 per job type + 5 per consumer, and the audit row
+        with django_assert_num_queries(6 + 3 * 2 + 5 * 2 + 1):
+            staff.get(reverse("batch-monitoring-breakdown"))
+        limited = staff.get(reverse("batch-monitoring-breakdown"), {"limit": 1}).json()["data"]
+    assert [r["name"] for r in limited["byJobType"]] == ["ai_analysis"] and limited["more"] == {"jobType": 1, "consumer": 1}
+    bad = staff.get(reverse("batch-monitoring-breakdown"), {"limit": 51, "jobType": "nope"})
+    assert bad.status_code == 400 and {"limit", "jobType"} <= set(bad.json()["error"]["details"])
+    assert APIClient().get(reverse("batch-monitoring-breakdown")).status_code == 401

@@ -79,10 +79,12 @@
     let previous = null;
     let breakdowns = null;
     let kpis = null;
+    let forecasts = null;
     if (full) {
       previous = state.offsetSupported === false ? null : bm.api(monitoringUrl({ offset: state.timeRange, limit: 1 })).catch(() => null);
       breakdowns = loadBreakdowns();
       kpis = loadKpis();
+      forecasts = loadForecasts();
     }
     let data;
     try {
@@ -90,7 +92,7 @@
     } catch (error) {
       bm.showError(error, "the monitoring figures");
       document.body.classList.add("bm-stale");
-      await Promise.allSettled([previous, breakdowns, kpis]);
+      await Promise.allSettled([previous, breakdowns, kpis, forecasts]);
       return { error };
     }
     bm.showError(null);
@@ -112,7 +114,7 @@
     renderCards(data, scoped.previous);
     if (full) {
       renderBreakdowns(await breakdowns);
-      await kpis;
+      await Promise.all([kpis, forecasts]);
       scoped.key = key;
       scoped.at = Date.now();
     }
@@ -120,20 +122,20 @@
   }
 
   /* Per job type and per consumer: one API call per name, scoped like the page. */
+  /* Both breakdown panels from one call (GET /api/admin/batch-monitoring/breakdown): one throttle
+   * token per refresh, however many job types and consumers there are. */
   function loadBreakdowns() {
-    const part = (key, names, scope) =>
-      Promise.all(
-        names.slice(0, config.maxBreakdown).map((name) =>
-          bm
-            .api(monitoringUrl(Object.assign({}, scope, { [key]: name, limit: 1 })))
-            .then((data) => ({ name, data }))
-            .catch((error) => ({ name, error }))
-        )
-      ).then((rows) => ({ key, rows, more: Math.max(0, names.length - config.maxBreakdown) }));
-    return Promise.all([
-      part("jobType", config.jobTypes, { jobType: undefined, consumer: state.consumer }),
-      part("consumer", config.consumers, { consumer: undefined, jobType: state.jobType }),
-    ]);
+    const params = { timeRange: state.timeRange, jobType: state.jobType, consumer: state.consumer, limit: config.maxBreakdown };
+    return bm.api(bm.url(config.api.breakdown, null, params)).then(
+      (data) => [
+        { key: "jobType", rows: data.byJobType.map((r) => ({ name: r.name, data: r })), more: data.more.jobType },
+        { key: "consumer", rows: data.byConsumer.map((r) => ({ name: r.name, data: r })), more: data.more.consumer },
+      ],
+      (error) => [
+        { key: "jobType", rows: config.jobTypes.slice(0, config.maxBreakdown).map((name) => ({ name, error })), more: 0 },
+        { key: "consumer", rows: config.consumers.slice(0, config.maxBreakdown).map((name) => ({ name, error })), more: 0 },
+      ]
+    );
   }
 
   /* ---------- cards and figures ---------- */
@@ -446,6 +448,19 @@
     for (const tr of existing.values()) tr.remove();
   }
 
+  /* Panels that depend on fewer filters than the page (KPIs on none, forecasts on the time range
+   * and job type) are fetched again only when those change or the refresh interval has passed:
+   * the admin API allows 60 calls a minute per user. */
+  function due(shown, key) {
+    return key !== shown.key || Date.now() - shown.at >= config.refreshSeconds * 1000 - 250;
+  }
+  function shownNow(shown, key) {
+    shown.key = key;
+    shown.at = Date.now();
+  }
+  const forecastsShown = { key: null, at: 0 };
+  const kpisShown = { key: null, at: 0 };
+
   /* ---------- KPI widgets (GET /api/admin/kpis), fetched with each full refresh ---------- */
   const SVG = "http://www.w3.org/2000/svg";
   const KPI_STATUS = { ok: "OK", warning: "Warning", critical: "Critical", no_data: "No data" };
@@ -518,8 +533,10 @@
     const status = $("kpis-status");
     const list = $("kpis-list");
     const empty = $("kpis-empty");
+    if (!due(kpisShown, "")) return;
     try {
       const data = await bm.api(panel.dataset.kpisApi);
+      shownNow(kpisShown, "");
       const kpis = (data && data.kpis) || [];
       empty.hidden = kpis.length > 0;
       list.hidden = kpis.length === 0;
@@ -529,6 +546,62 @@
     } catch (error) {
       status.hidden = false;
       status.textContent = "Could not load the KPIs: " + error.message;
+    }
+  }
+
+  /* ---------- forecasts (GET /api/admin/forecasts), fetched with each full refresh ---------- */
+  const FLAG_ORDER = (b) => (b.late ? 0 : b.atRisk ? 1 : 2);
+
+  function forecastRow(b) {
+    const time = (iso) => (iso ? h("time", { datetime: iso, text: fmt.time(iso) }) : "—");
+    const flag = b.late ? ["failed", "Late"] : b.atRisk ? ["pending", "At risk"] : null;
+    return h(
+      "tr",
+      { dataset: { jobId: String(b.jobId) } },
+      h("th", { scope: "row" }, h("a", { href: bm.url(config.pages.job, b.jobId), text: "Job " + b.jobId })),
+      h("td", { text: fmt.int(b.done) + " / " + fmt.int(b.total) }),
+      h("td", { text: b.ratePerHour === null ? "—" : fmt.num(b.ratePerHour) + " lines/h" }),
+      h("td", {}, time(b.eta)),
+      h("td", {}, b.earliest && b.latest ? [time(b.earliest), " – ", time(b.latest)] : "—"),
+      h("td", {}, time(b.expiresAt)),
+      h("td", {}, flag ? h("span", { class: "bm-badge", dataset: { status: flag[0] }, text: flag[1] }) : b.eta ? "On time" : "No estimate yet")
+    );
+  }
+
+
+  async function loadForecasts() {
+    const panel = $("forecasts-panel");
+    if (!panel) return;
+    const status = $("forecasts-status");
+    const url = bm.url(panel.dataset.forecastsApi, null, { window: state.timeRange, jobType: state.jobType });
+    if (!due(forecastsShown, url)) return;
+    try {
+      const data = await bm.api(url);
+      shownNow(forecastsShown, url);
+      const fact = (key, value) => replace(document.querySelector(`#forecasts-figures [data-forecast=${key}]`), value);
+      const m = data.monthly.projectedMonthly;
+      const q = data.queue;
+      fact("cost", fmt.usd(m.cost) + " (" + fmt.usd(m.standardCost) + " at standard price)");
+      fact("savings", fmt.usd(m.savings));
+      fact(
+        "queue",
+        q.state === "empty"
+          ? "empty"
+          : q.draining
+            ? [fmt.int(q.backlog) + " waiting, drains in " + fmt.duration(q.hoursToDrain * 3600000) + " (by ", h("time", { datetime: q.drainsAt, text: fmt.time(q.drainsAt) }), ")"]
+            : fmt.int(q.backlog) + " waiting, not draining (nothing finished in the last hour)"
+      );
+      const batches = [...data.batches].sort((a, b) => FLAG_ORDER(a) - FLAG_ORDER(b));
+      const risky = batches.filter((b) => b.late || b.atRisk).length;
+      fact("batches", batches.length ? fmt.int(batches.length) + (risky ? " · " + fmt.int(risky) + " late or at risk" : " · all on time") : "none");
+      $("forecasts-figures").hidden = false;
+      $("forecasts-table").hidden = batches.length === 0;
+      replace($("forecasts-body"), ...batches.slice(0, 10).map(forecastRow));
+      const methods = [["Monthly", data.monthly.method], ["Queue", q.method], ...(batches.length ? [["Job " + batches[0].jobId, batches[0].method]] : [])];
+      replace($("forecasts-methods"), ...methods.map(([what, text]) => h("li", {}, h("strong", { text: what + ": " }), text)));
+      status.textContent = "Updated " + fmt.clock() + (batches.length > 10 ? " · the 10 most urgent of " + fmt.int(batches.length) + " running batches" : "");
+    } catch (error) {
+      status.textContent = "Could not load the forecasts: " + error.message;
     }
   }
 
