@@ -132,7 +132,7 @@ def batch_finish(job, now, samples=None):
             return {
                 **out,
                 **no_rate,
-                "method": f"Stalled: no line finished over the last {len(points)} checks ({span_hours:.2f} h), so there is no estimate; at risk of expiring.",
+                "method": f"Stalled: no line finished over the last {len(points)} checks ({span_hours:.2f} h), so there is no estimate.",
             }
         t = t95(len(points) - 2)
         spread = max(t * se / rate, Z / math.sqrt(span_done))
