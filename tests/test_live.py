@@ -446,6 +446,79 @@ def test_real_server_pushes_an_update_to_a_websockets_client(daphne_server, staf
     asyncio.run(scenario())
 
 
+@pytest.fixture
+def two_servers(transactional_db, redis_presence):
+    """Two daphne processes on the test database and the same Redis, as two web servers behind a
+    balancer, each allowing a user 2 live connections."""
+    import subprocess
+    import sys
+
+    from django.db import connection
+
+    url, _ = redis_presence
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        database_url = f"sqlite:///{db['NAME']}"
+    else:
+        database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": url, "LIVE_MAX_CONNECTIONS_PER_USER": "2", "BATCH_PROCESSING_ENABLED": "false"}
+    ports = [_free_port(), _free_port()]
+    servers = [
+        subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "batchmon.asgi:application"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for port in ports
+    ]
+    try:
+        for port, server in zip(ports, servers):
+            for _ in range(300):  # bounded wait for the port to open
+                if server.poll() is not None:
+                    pytest.fail(f"daphne exited: {server.stderr.read().decode()[-2000:]}")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                pytest.fail("daphne did not start")
+        yield [f"127.0.0.1:{port}" for port in ports]
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def test_two_real_servers_share_a_users_connection_cap(two_servers, staff):
+    import websockets
+
+    a, b = two_servers
+    url = "ws://{}/ws/monitoring/?token=" + staff[1]
+
+    async def hello(sock):
+        return json.loads(await asyncio.wait_for(sock.recv(), 5))
+
+    async def scenario():
+        on_a = await websockets.connect(url.format(a), open_timeout=5)
+        on_b = await websockets.connect(url.format(b), open_timeout=5)
+        assert (await hello(on_a))["type"] == (await hello(on_b))["type"] == "connected"
+        third = await websockets.connect(url.format(a), open_timeout=5)  # one on each server: the cap of 2 is full
+        assert (await hello(third)) == {"type": "error", "code": "too_many_connections", "message": "at most 2 connections per user"}
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(third.recv(), 5)
+        assert closed.value.rcvd.code == 4429
+        await on_b.close()  # a slot freed on server B is free on server A
+        for _ in range(50):  # B releases it after the close handshake: bounded retry
+            again = await websockets.connect(url.format(a), open_timeout=5)
+            first = await hello(again)
+            if first["type"] == "connected":
+                break
+            await again.close()
+        assert first["type"] == "connected"
+        await again.close()
+        await on_a.close()
+
+    asyncio.run(scenario())
+
+
 def transition_committed(job_id):
     try:
         transition(BatchJob.objects.get(pk=job_id), B.FINALIZING)  # commits: on_commit runs notify → Redis → daphne
