@@ -135,6 +135,12 @@ def job_changed(job):
     on_commit(f"job.{job.pk}", f"job_type.{job.job_type_id}", "summary", payload={"job": job.pk, "status": job.status})
 
 
+def job_progressed(job):
+    """The provider's line counts of a running job moved: only its own subscribers care (the
+    summary's figures count applied results, which job_changed announces)."""
+    on_commit(f"job.{job.pk}", payload={"job": job.pk, "status": job.status})
+
+
 def alerts_changed(alert=None):
     """An alert opened, fired, resolved or was acknowledged."""
     on_commit("alerts", payload={"alert": alert.pk, "state": alert.state} if alert is not None else None)

@@ -313,6 +313,7 @@ def apply_provider_state(job, batch, now, reason):
         seen = (counts.total, counts.completed, counts.failed)
         if seen != (job.provider_total, job.provider_completed, job.provider_failed):
             BatchProgress.objects.create(job=job, at=now, total=counts.total, completed=counts.completed, failed=counts.failed)
+            live.job_progressed(job)
         job.provider_total, job.provider_completed, job.provider_failed = seen
     job.checked_at = now
     for name in PROVIDER_TIMESTAMPS:

@@ -177,6 +177,42 @@ def test_a_new_job_appears_without_a_reload_over_the_websocket(page, daphne_url,
     watch.check()
 
 
+def provider_moved(job_id, completed):
+    """A status check that sees the provider's counts move (the SDK's Batch, as the provider returns it)."""
+    from openai.types import Batch, BatchRequestCounts
+
+    from jobs.lifecycle import apply_provider_state
+
+    batch = Batch.model_construct(
+        id="batch_running", object="batch", status="in_progress", output_file_id=None, error_file_id=None, errors=None,
+        request_counts=BatchRequestCounts(total=1000, completed=completed, failed=20),
+    )
+    with transaction.atomic():
+        job = BatchJob.objects.select_for_update().get(pk=job_id)
+        apply_provider_state(job, batch, timezone.now(), "provider status")
+
+
+def test_the_job_page_follows_the_batchs_progress_over_the_websocket(page, daphne_url, staff_user, job_type, watch):
+    from tests.test_dashboard_browser import running_with_samples
+
+    job = running_with_samples(job_type)  # 600 of 1,000 done, 12 samples
+    page.goto(f"{daphne_url}/admin/login/?next=/admin/batch-monitoring/{job.pk}/%3Frefresh%3D3600")
+    page.get_by_label("Username:").fill("staff")
+    page.get_by_label("Password:").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#job-progress")).to_contain_text("the provider has done 600 of 1,000 lines.")
+    status = page.locator("#refresh-status")
+    expect(status).to_have_attribute("data-mode", "live")
+    expect(page.locator("#job-progress-chart circle.bm-dot")).to_have_count(12)
+
+    in_thread(provider_moved, job.pk, 680)  # 700 done now
+    expect(page.locator("#job-progress")).to_contain_text("the provider has done 700 of 1,000 lines.", timeout=8_000)
+    expect(page.locator("#job-progress-chart circle.bm-dot")).to_have_count(13)
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # no reload
+    assert int(status.get_attribute("data-refresh-count")) == 2  # one push, one fetch
+    watch.check()
+
+
 def test_the_page_config_offers_the_socket_only_over_asgi(staff_user, settings):
     """WSGI (gunicorn, the test live_server) has no WebSocket route: the page must not try one."""
     from django.test import AsyncRequestFactory, RequestFactory

@@ -628,3 +628,40 @@ def test_an_unreachable_redis_lets_connections_in_and_says_so(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert "live presence: Redis unreachable; conn claim of user 1 allowed without a cap" in messages
     assert any(m.startswith("live presence: could not release conn of user 1") for m in messages)
+
+
+def test_progress_pushes_to_the_jobs_subscribers_only(layer, staff, running_job):
+    """A check that sees the provider's counts move stores a sample and pushes job:<id> (the job
+    page's chart and forecast); summary subscribers, whose figures count applied results, are not woken."""
+    from openai.types import Batch, BatchRequestCounts
+
+    from jobs.lifecycle import apply_provider_state
+
+    def check(completed):
+        batch = Batch.model_construct(
+            id="batch_live", object="batch", status="in_progress", output_file_id=None, error_file_id=None, errors=None,
+            request_counts=BatchRequestCounts(total=100, completed=completed, failed=0),
+        )
+        with transaction.atomic():
+            job = BatchJob.objects.select_for_update().get(pk=running_job.pk)
+            apply_provider_state(job, batch, timezone.now(), "provider status")
+
+    async def scenario():
+        on_job, on_summary = await connected(staff[1]), await connected(staff[1])
+        await on_job.send_json_to({"type": "subscribe", "what": "job", "id": running_job.pk, "frequency": "realtime"})
+        await on_summary.send_json_to({"type": "subscribe", "what": "summary", "frequency": "realtime"})
+        for comm in (on_job, on_summary):
+            assert (await comm.receive_json_from(timeout=2))["type"] == "subscribed"
+            assert (await comm.receive_json_from(timeout=2))["type"] == "update"  # the first state
+        await database_sync_to_async(check)(55)
+        pushed = await on_job.receive_json_from(timeout=2)
+        assert pushed["data"]["progress"] == {"total": 100, "completed": 55, "failed": 0}
+        assert pushed["data"]["forecast"]["done"] == 55
+        assert await on_summary.receive_nothing(timeout=0.3)
+        await database_sync_to_async(check)(55)  # the same counts again: no sample, no push
+        assert await on_job.receive_nothing(timeout=0.3)
+        await on_job.disconnect()
+        await on_summary.disconnect()
+
+    run(scenario)
+    assert list(running_job.progress_samples.values_list("completed", flat=True)) == [55]

@@ -403,4 +403,33 @@
       },
     };
   };
+
+  /* A page kept fresh by pushes: served over ASGI (config.live), it subscribes on the WebSocket and
+   * a push means "something changed": the page runs its refresher again (one code path for
+   * drawing), once for pushes that come in a row. While the socket is open the timer runs at 5× the
+   * interval as a safety net; without it (closed, failing, reconnecting with backoff) the page polls.
+   * Paused auto-refresh pauses pushes too; a push to a hidden tab is applied when it shows again. */
+  const DEBOUNCE_MS = 300;
+  bm.liveRefresh = function (refresher, subscribe) {
+    if (!bm.config.live || !bm.config.livePath) return null;
+    const toggle = document.getElementById("auto-refresh");
+    let pending = null;
+    let missed = false;
+    const pushed = () => {
+      clearTimeout(pending);
+      pending = setTimeout(() => {
+        pending = null;
+        if (!toggle.checked) return;
+        if (document.hidden) missed = true;
+        else refresher.refresh();
+      }, DEBOUNCE_MS);
+    };
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && missed && toggle.checked) {
+        missed = false;
+        refresher.refresh();
+      }
+    });
+    return bm.live({ path: bm.config.livePath, subscribe, onUpdate: pushed, onState: (open) => refresher.setLive(open) });
+  };
 })();

@@ -780,38 +780,9 @@
     startAlerts();
   }
 
-  /* ---------- live updates ----------
-   * Served over ASGI (config.live), the page subscribes to `summary` pushes on the WebSocket: a
-   * push means "something changed", and the page fetches the API again (one code path for drawing),
-   * once for pushes that come in a row. While the socket is open the timer runs at 5× the interval
-   * as a safety net; without it (closed, failing, reconnecting with backoff) the page polls. */
-  const DEBOUNCE_MS = 300;
+  /* ---------- live updates: summary pushes on the WebSocket (bm.liveRefresh) ---------- */
   function startLive() {
-    if (!config.live || !config.livePath) return;
-    const toggle = $("auto-refresh");
-    let pending = null;
-    let missed = false;
-    const pushed = () => {
-      clearTimeout(pending);
-      pending = setTimeout(() => {
-        pending = null;
-        if (!toggle.checked) return; // paused: no automatic refresh, pushes included
-        if (document.hidden) missed = true;
-        else refresher.refresh();
-      }, DEBOUNCE_MS);
-    };
-    document.addEventListener("visibilitychange", () => {
-      if (!document.hidden && missed && toggle.checked) {
-        missed = false;
-        refresher.refresh();
-      }
-    });
-    bm.liveSocket = bm.live({
-      path: config.livePath,
-      subscribe: [{ what: "summary", frequency: "high" }],
-      onUpdate: pushed,
-      onState: (open) => refresher.setLive(open),
-    });
+    bm.liveSocket = bm.liveRefresh(refresher, [{ what: "summary", frequency: "high" }]);
   }
 
   init();

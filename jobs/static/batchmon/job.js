@@ -273,6 +273,7 @@
 
   const refresher = bm.refresher(load, config.detailRefreshSeconds);
   bm.refresh = refresher.refresh;
+  bm.liveSocket = bm.liveRefresh(refresher, [{ what: "job", id: Number(jobId), frequency: "high" }]); // transitions, progress, results
   for (const action of ["retry", "cancel"]) {
     $("job-" + action).addEventListener("click", async () => {
       if (!state.job) return;
