@@ -164,6 +164,15 @@ class JobConsumerShare(serializers.Serializer):
     savings = serializers.FloatField(help_text="USD: standard-price cost − batch cost of its applied lines.")
 
 
+class ProviderProgress(serializers.Serializer):
+    """The provider's own line counts at the last status check (they move while the batch runs;
+    completedCount and failedCount count results applied here)."""
+
+    total = serializers.IntegerField()
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
 class Job(serializers.Serializer):
     """A row of the job table."""
 
@@ -190,6 +199,7 @@ class Job(serializers.Serializer):
     resultsApplied = serializers.BooleanField(help_text="Every line applied and every request released.")
     canRetry = serializers.BooleanField(help_text="Ended, applied, and has failed or cancelled lines: POST …/retry may apply.")
     canCancel = serializers.BooleanField(help_text="Pending or running and no cancellation requested yet: POST …/cancel applies.")
+    providerProgress = ProviderProgress(allow_null=True, help_text="The provider's counts at the last check; null until it reported any.")
     errorSummary = JobErrorCount(many=True, required=False, help_text="Only with includeDetails: lines per error code, most frequent first.")
     consumers = JobConsumerShare(many=True, required=False, help_text="Only with includeDetails: the job's lines per consumer, by name.")
 

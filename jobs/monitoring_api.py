@@ -154,6 +154,7 @@ JOB_EXAMPLE = {
     "resultsApplied": True,
     "canRetry": True,
     "canCancel": False,
+    "providerProgress": {"total": 100, "completed": 98, "failed": 2},
 }
 JOB_DETAILS_EXAMPLE = {
     "errorSummary": [{"error": "token_limit_exceeded", "count": 2, "percentage": 2.0}],

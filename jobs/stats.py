@@ -388,6 +388,9 @@ JOB_FIELDS = (
     "retry_of_id",
     "results_applied_at",
     "cancel_requested_at",
+    "provider_total",
+    "provider_completed",
+    "provider_failed",
 )
 
 
@@ -421,6 +424,9 @@ def job_row(job, mean_cost, details, consumers=()):
         "canRetry": job["status"] in BatchJob.TERMINAL and job["results_applied_at"] is not None
         and (job["failed_count"] + job["cancelled_count"]) > 0 and not job.get("retried"),
         "canCancel": job["status"] in BatchJob.CANCELLABLE and job["cancel_requested_at"] is None,
+        "providerProgress": (
+            {"total": job["provider_total"], "completed": job["provider_completed"], "failed": job["provider_failed"]} if job["provider_total"] else None
+        ),
     }
     if details:
         row["errorSummary"] = _error_summary(job["error_summary"], job["request_count"])

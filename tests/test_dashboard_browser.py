@@ -542,6 +542,7 @@ def test_dashboard_forecasts_panel_shows_the_apis_projections_at_risk_first(page
     expect(panel.locator("[data-forecast=queue]")).to_contain_text("empty" if data["queue"]["state"] == "empty" else "waiting")
     risky = [b for b in data["batches"] if b["late"] or b["atRisk"]]
     expect(panel.locator("[data-forecast=batches]")).to_have_text(f"{len(data['batches'])} · {len(risky)} late or at risk")
+    expect(row(page, job).locator(".bm-progress-text")).to_have_text("580 ok · 20 failed / 1,000 at the provider")
     first = panel.locator("#forecasts-body tr").first
     expect(first).to_have_attribute("data-job-id", str(job.pk))
     expect(first).to_contain_text("At risk")

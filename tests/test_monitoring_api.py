@@ -467,3 +467,14 @@ def test_breakdown_rows_equal_the_scoped_monitoring_figures(staff, job_type, con
     bad = staff.get(reverse("batch-monitoring-breakdown"), {"limit": 51, "jobType": "nope"})
     assert bad.status_code == 400 and {"limit", "jobType"} <= set(bad.json()["error"]["details"])
     assert APIClient().get(reverse("batch-monitoring-breakdown")).status_code == 401
+
+
+def test_job_rows_carry_the_providers_counts_once_it_reported_any(staff, job_type, consumer):
+    with time_machine.travel(NOW, tick=False):
+        running = make_job(job_type, consumer, status=B.IN_PROGRESS, succeeded=0, failed=0, requeued=0, cost_batch="0")
+        BatchJob.objects.filter(pk=running.pk).update(provider_total=100, provider_completed=41, provider_failed=3)
+        never_counted = make_job(job_type, consumer, status=B.VALIDATING, succeeded=0, failed=0, requeued=0, cost_batch="0")
+    rows = {r["id"]: r for r in get(staff).json()["data"]["jobs"]}
+    assert rows[str(running.pk)]["providerProgress"] == {"total": 100, "completed": 41, "failed": 3}
+    assert rows[str(running.pk)]["completedCount"] == 0  # applied results only
+    assert rows[str(never_counted.pk)]["providerProgress"] is None

@@ -339,19 +339,23 @@
   }
 
   /* ---------- the job table ---------- */
+  /* Applied results; while a batch runs and nothing is applied yet, the provider's own counts
+   * (providerProgress), said so in the text. */
   function progress(job) {
-    const total = job.requestCount || 0;
-    const done = job.completedCount || 0;
-    const failed = job.failedCount || 0;
+    const atProvider = !job.resultsApplied && job.providerProgress && !config.terminalStatuses.includes(job.status);
+    const total = (atProvider ? job.providerProgress.total : job.requestCount) || 0;
+    const done = (atProvider ? job.providerProgress.completed : job.completedCount) || 0;
+    const failed = (atProvider ? job.providerProgress.failed : job.failedCount) || 0;
     const pct = (n) => (total ? Math.min(100, (100 * n) / total) : 0);
+    const where = atProvider ? " at the provider" : "";
     return [
       h(
         "span",
-        { class: "bm-progress", role: "img", "aria-label": fmt.int(done) + " succeeded and " + fmt.int(failed) + " failed of " + fmt.int(total) + " requests" },
+        { class: "bm-progress", role: "img", "aria-label": fmt.int(done) + " succeeded and " + fmt.int(failed) + " failed of " + fmt.int(total) + " requests" + where },
         h("span", { class: "bm-progress-ok", style: "width:" + pct(done) + "%" }),
         h("span", { class: "bm-progress-failed", style: "width:" + pct(failed) + "%" })
       ),
-      h("span", { class: "bm-progress-text" }, fmt.int(done) + " ok · " + fmt.int(failed) + " failed / " + fmt.int(total)),
+      h("span", { class: "bm-progress-text" }, fmt.int(done) + " ok · " + fmt.int(failed) + " failed / " + fmt.int(total) + where),
     ];
   }
   bm.progress = progress;
