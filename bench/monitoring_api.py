@@ -17,6 +17,19 @@ What it does
   4. Times --requests (default 50) GETs of
      /api/admin/batch-monitoring?timeRange=30d&includeDetails=true over one keep-alive
      http.client connection, after 3 warm-up calls; each must answer 200 with success: true.
+  4b. Unless --no-breakdown, on the same server (and with the throttle out of the way as for 4),
+     the dashboard's breakdown panels, new way against old way, over one keep-alive connection:
+     --requests GETs of /api/admin/batch-monitoring/breakdown?timeRange=30d, and as many samples
+     of the set of calls the dashboard used to make instead — for each job type and each consumer
+     the breakdown lists, GET /api/admin/batch-monitoring?timeRange=30d&limit=1&jobType=<name>
+     (resp. &consumer=<name>), one after the other; a sample is the whole set (the sum of its
+     calls' times, request sent to last byte read). The two alternate, one breakdown call then one
+     set, 3 warm-ups of each first; every call must answer 200 with success: true. Checked once,
+     on the last breakdown answer: each row's summary and costs against the per-name call made
+     right after it (over HTTP, so the two windows are a few hundred ms apart: a job whose
+     timestamp crosses a window edge in between shows as a difference), and against
+     jobs.stats.report() in process on the breakdown's exact window (no drift: any difference
+     there is a real one). Differences are reported, not fatal.
   5. Times the baseline: plain SQL over the base tables that gives the same figures for the same
      window — request rows (jobs_airequest) joined with their jobs, counted by status and costs
      summed: the scan of the request rows that the denormalised job counters avoid. It is run
@@ -27,9 +40,12 @@ What it does
      `RESULT api_p95_ms=<x> baseline_p95_ms=<y> ratio=<api/baseline> target_api_p95_ms=200 ok=<bool>`.
      With --explain, or when the API's p95 misses the target, it also prints the queries
      jobs.stats.report() runs, slowest first, and EXPLAIN (ANALYZE, BUFFERS) of the slowest.
+     Then (unless --no-breakdown) the breakdown table and
+     `RESULT breakdown_p95_ms=<x> per_name_calls_p95_ms=<y> ratio=<x/y> names=<n>`.
   7. Drops the bench database, unless --keep-db (or --reuse-db, which implies it).
 
-Exit code: 0 whatever the timings; 1 when the API answered an error; 2 on a setup problem.
+Exit code: 0 whatever the timings; 1 when the API (breakdown calls included) answered an error;
+2 on a setup problem.
 
 Data-model simplification (stated because the baseline depends on it): when the product requeues
 a line, it sets the request back to `queued` with batch = NULL, and the request later belongs to
@@ -44,6 +60,7 @@ Run from the repository root:
     .venv/bin/python bench/monitoring_api.py --scale 0.01          # quick: 1,000 jobs, 100,000 requests
     .venv/bin/python bench/monitoring_api.py --keep-db             # full size, keep the data
     .venv/bin/python bench/monitoring_api.py --reuse-db            # re-run on the kept data, no generation
+    .venv/bin/python bench/monitoring_api.py --reuse-db --no-breakdown   # only the monitoring call
 """
 
 import argparse
@@ -63,7 +80,7 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 from pathlib import Path
 from string import Template
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/test"
@@ -73,6 +90,8 @@ LINES_PER_JOB = 100  # mean; jobs come in pairs of 100 + d and 100 - d
 DAYS = 45
 TARGET_P95_MS = 200
 PATH = "/api/admin/batch-monitoring?timeRange=30d&includeDetails=true"
+BREAKDOWN_PATH = "/api/admin/batch-monitoring/breakdown?timeRange=30d"
+PER_NAME_PATH = "/api/admin/batch-monitoring?timeRange=30d&limit=1"  # + &jobType=<name> or &consumer=<name>
 CHUNK_JOBS = 5000  # jobs (about 500,000 request rows) per INSERT statement
 GB = 1024**3
 BYTES_PER_REQUEST = 700  # request heap + its 10 indexes: 6.5 GB for 10M rows at full size (whole database 6.7 GB)
@@ -102,6 +121,7 @@ def parse_args():
     parser.add_argument("--keep-db", action="store_true", help="keep the bench database at the end")
     parser.add_argument("--reuse-db", action="store_true", help="skip generation when the bench database already holds this scale's rows (implies --keep-db)")
     parser.add_argument("--explain", action="store_true", help="always print the view's queries and EXPLAIN ANALYZE of the slowest")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the breakdown call vs per-name calls measurement")
     args = parser.parse_args()
     if not 0 < args.scale <= 10:
         parser.error("--scale must be in (0, 10]")
@@ -613,10 +633,10 @@ def staff_token():
     return Token.objects.get_or_create(user=user)[0].key
 
 
-def call_api(conn, token):
+def call_api(conn, token, path=PATH):
     """(seconds, HTTP status, parsed body): request sent to last byte read; JSON parsing not timed."""
     start = time.perf_counter()
-    conn.request("GET", PATH, headers={"Authorization": f"Token {token}", "Accept": "application/json"})
+    conn.request("GET", path, headers={"Authorization": f"Token {token}", "Accept": "application/json"})
     response = conn.getresponse()
     raw = response.read()
     took = time.perf_counter() - start
@@ -644,6 +664,96 @@ def time_api(port, token, n):
     finally:
         conn.close()
     return samples, errors, last
+
+
+# --- the breakdown call against the per-name calls it replaces --------------------------------
+
+
+def breakdown_names(data):
+    """(filter, name) of every row of a breakdown answer, job types first."""
+    return [("jobType", row["name"]) for row in data["byJobType"]] + [("consumer", row["name"]) for row in data["byConsumer"]]
+
+
+def per_name_path(kind, name):
+    return f"{PER_NAME_PATH}&{kind}={quote(name, safe='')}"
+
+
+def time_breakdown(port, token, n):
+    """Alternately one breakdown call and one set of per-name monitoring calls (the names the
+    breakdown lists), 3 warm-ups of each, then n timed of each. Returns the breakdown samples, the
+    set samples, the errors, the names, the last breakdown answer and the per-name answers of the
+    set made right after it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    errors, breakdown_samples, set_samples = [], [], []
+    names, last, last_per_name = None, None, None
+
+    def get(path, label):
+        nonlocal conn
+        took, status, body = call_api(conn, token, path)
+        if status != 200 or body.get("success") is not True:
+            errors.append(f"{label}: {path}: HTTP {status}: {json.dumps(body)[:300]}")
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            return took, None
+        return took, body
+
+    try:
+        for i in range(3 + n):
+            took, body = get(BREAKDOWN_PATH, f"breakdown call {i + 1}")
+            if body is not None:
+                last = body
+                if names is None:
+                    names = breakdown_names(body["data"])
+            if i >= 3:
+                breakdown_samples.append(took)
+            if names is None:  # no breakdown answer yet: nothing to call per name
+                continue
+            set_took, answers = 0.0, {}
+            for kind, name in names:
+                took, answer = get(per_name_path(kind, name), f"per-name set {i + 1}")
+                set_took += took
+                answers[(kind, name)] = answer
+            if body is not None:
+                last_per_name = answers
+            if i >= 3:
+                set_samples.append(set_took)
+    finally:
+        conn.close()
+    return breakdown_samples, set_samples, errors, names or [], last, last_per_name
+
+
+def rendered(data):
+    """A Python answer as the API's JSON renderer writes it, read back."""
+    from rest_framework.renderers import JSONRenderer
+
+    return json.loads(JSONRenderer().render(data))
+
+
+def check_breakdown(last, per_name):
+    """Differences between each breakdown row's summary/costs and (a) the per-name HTTP answer made
+    right after it, (b) jobs.stats.report() in process on the breakdown's exact window. Returns
+    (http_differences, exact_differences, figures compared per source)."""
+    from jobs import stats
+    from jobs.models import Consumer, JobType
+
+    data = last["data"]
+    since, until = datetime.fromisoformat(data["range"]["from"]), datetime.fromisoformat(data["range"]["to"])
+    rows = [("jobType", row) for row in data["byJobType"]] + [("consumer", row) for row in data["byConsumer"]]
+    http_diff, exact_diff, compared = [], [], 0
+    for kind, row in rows:
+        mine = {"summary": row["summary"], "costs": row["costs"]}
+        compared += len(flatten(mine))
+        answer = (per_name or {}).get((kind, row["name"]))
+        if answer is None:
+            http_diff.append((f"{kind}={row['name']}", "<no per-name answer>", "", ""))
+        else:
+            theirs = {"summary": answer["data"]["summary"], "costs": answer["data"]["costs"]}
+            window = f"[{answer['data']['range']['from']}, {answer['data']['range']['to']})"
+            http_diff += [(f"{kind}={row['name']} {path}", a, b, window) for path, a, b in compare(mine, theirs)[0]]
+        scope = {"job_type": JobType.objects.get(name=row["name"])} if kind == "jobType" else {"consumer": Consumer.objects.get(name=row["name"])}
+        exact = rendered(stats.report(since, until, limit=1, **scope))
+        exact_diff += [(f"{kind}={row['name']} {path}", a, b) for path, a, b in compare(mine, {"summary": exact["summary"], "costs": exact["costs"]})[0]]
+    return http_diff, exact_diff, compared
 
 
 # --- the baseline: the same figures from the request rows --------------------------------------
@@ -696,7 +806,8 @@ FROM jobs_batchjob
 
 BASELINE_PAGE = """
 SELECT j.id, j.provider_batch_id, j.status, t.name, j.job_type_id, j.model, j.created_at, j.in_progress_at,
-       j.provider_created_at, j.finished_at, j.retry_of_id, j.results_applied_at, j.cancel_requested_at
+       j.provider_created_at, j.finished_at, j.retry_of_id, j.results_applied_at, j.cancel_requested_at,
+       j.provider_total, j.provider_completed, j.provider_failed
 FROM jobs_batchjob j JOIN jobs_jobtype t ON t.id = j.job_type_id
 WHERE j.created_at >= %(since)s AND j.created_at < %(until)s
 ORDER BY j.created_at DESC, j.id DESC
@@ -849,12 +960,15 @@ def baseline(since, until, limit=50):
     page_types = {row[4] for row in page}
     mean_cost = {jt: usd(cb) / n for jt, (cb, n) in by_type.items() if jt in page_types and n}
     jobs = []
-    for job_id, batch_id, status, type_name, job_type_id, model, created, in_progress, provider_created, finished, retry_of, applied, cancel_req in page:
+    for (job_id, batch_id, status, type_name, job_type_id, model, created, in_progress, provider_created, finished, retry_of, applied, cancel_req,
+         provider_total, provider_completed, provider_failed) in page:
         row = {
             "id": job_id, "provider_batch_id": batch_id, "status": status, "job_type__name": type_name, "job_type_id": job_type_id,
             "model": model, "created_at": created, "in_progress_at": in_progress, "provider_created_at": provider_created,
             "finished_at": finished, "error_summary": summaries.get(job_id, {}), "retry_of_id": retry_of,
             "results_applied_at": applied, "cancel_requested_at": cancel_req,
+            # the provider's own counts at the last status check (providerProgress): job columns, like status and model
+            "provider_total": provider_total, "provider_completed": provider_completed, "provider_failed": provider_failed,
             **counts.get(job_id, {"request_count": 0, "succeeded_count": 0, "failed_count": 0, "requeued_count": 0, "cancelled_count": 0, "cost_batch": Decimal(0)}),
         }
         jobs.append(stats.job_row(row, mean_cost, True, consumers.get(job_id, ())))
@@ -1030,11 +1144,33 @@ def run(args, bench, n_jobs, meta):
     try:
         log(f"\nAPI: {args.requests} timed GETs of http://127.0.0.1:{port}{PATH} (after 3 warm-up calls, one keep-alive connection)")
         api_samples, api_errors, last = time_api(port, token, args.requests)
+        if not args.no_breakdown:
+            log(f"\nbreakdown: {args.requests} timed GETs of {BREAKDOWN_PATH}, alternating with as many sets of"
+                f" {PER_NAME_PATH}&jobType=|consumer=<name>, one per name it lists (after 3 warm-ups of each, one keep-alive connection)")
+            bd_samples, set_samples, bd_errors, bd_names, bd_last, bd_per_name = time_breakdown(port, token, args.requests)
     finally:
         server.shutdown()
         server.server_close()
     for error in api_errors[:10]:
         log("  API ERROR " + error)
+    bd_check = None
+    if not args.no_breakdown:
+        for error in bd_errors[:10]:
+            log("  BREAKDOWN ERROR " + error)
+        if bd_last is not None:
+            bd_check = check_breakdown(bd_last, bd_per_name)
+            http_diff, exact_diff, bd_compared = bd_check
+            rows = len(bd_last["data"]["byJobType"]) + len(bd_last["data"]["byConsumer"])
+            log(f"breakdown check: {rows} rows ({', '.join(f'{k}={n}' for k, n in bd_names)}), {bd_compared} summary/costs figures,"
+                f" window [{bd_last['data']['range']['from']}, {bd_last['data']['range']['to']})")
+            log(f"  against the per-name HTTP calls made right after it: {'all identical' if not http_diff else str(len(http_diff)) + ' DIFFER'}")
+            for path, a, b, window in http_diff[:25]:
+                log(f"    {path}: breakdown {a!r} vs per-name call {b!r} (its window {window})")
+            log(f"  against jobs.stats.report() in process on the breakdown's exact window: {'all identical' if not exact_diff else str(len(exact_diff)) + ' DIFFER'}")
+            for path, a, b in exact_diff[:25]:
+                log(f"    {path}: breakdown {a!r} vs report() {b!r}")
+            if http_diff and not exact_diff:
+                log("  (the HTTP differences are window drift between the calls: on the same window the figures agree)")
 
     # In-process report() timings: the database + Python part of the request, without HTTP, auth and audit.
     from jobs import stats
@@ -1112,7 +1248,31 @@ def run(args, bench, n_jobs, meta):
     ratio = api_p95 / base_p95 if base_p95 else float("nan")
     ok = bool(api_samples) and not api_errors and api_p95 < TARGET_P95_MS
     log(f"RESULT api_p95_ms={api_p95:.1f} baseline_p95_ms={base_p95:.1f} ratio={ratio:.4f} target_api_p95_ms={TARGET_P95_MS} ok={str(ok).lower()}")
-    return 1 if api_errors else 0
+    if args.no_breakdown:
+        return 1 if api_errors else 0
+
+    log("\n" + "-" * 100)
+    n_types = sum(1 for kind, _ in bd_names if kind == "jobType")
+    log(f"breakdown panels: {len(bd_names)} names ({n_types} job types, {len(bd_names) - n_types} consumers), timeRange=30d")
+    log(f"{'':44}{'n':>5}{'min':>10}{'p50':>10}{'p95':>10}{'max':>10}   (ms)")
+    for label, samples in (
+        ("GET .../breakdown (one call)", bd_samples),
+        (f"the {len(bd_names)} per-name calls, one set", set_samples),
+    ):
+        if samples:
+            log(f"{label:<44}{len(samples):>5}{ms(min(samples)):>10.1f}{ms(percentile(samples, 50)):>10.1f}"
+                f"{ms(percentile(samples, 95)):>10.1f}{ms(max(samples)):>10.1f}")
+    if bd_check is not None:
+        http_diff, exact_diff, bd_compared = bd_check
+        log(f"breakdown figures: {bd_compared} compared; {len(http_diff)} differ from the per-name HTTP calls,"
+            f" {len(exact_diff)} from report() on the same window" + ("" if http_diff or exact_diff else " (all identical)"))
+    if bd_errors:
+        log(f"breakdown/per-name call errors: {len(bd_errors)}")
+    bd_p95 = ms(percentile(bd_samples, 95)) if bd_samples else float("nan")
+    set_p95 = ms(percentile(set_samples, 95)) if set_samples else float("nan")
+    bd_ratio = bd_p95 / set_p95 if set_samples and set_p95 else float("nan")
+    log(f"RESULT breakdown_p95_ms={bd_p95:.1f} per_name_calls_p95_ms={set_p95:.1f} ratio={bd_ratio:.4f} names={len(bd_names)}")
+    return 1 if api_errors or bd_errors else 0
 
 
 if __name__ == "__main__":
