@@ -553,7 +553,7 @@
     }
   }
 
-  /* ---------- forecasts (GET /api/admin/forecasts), fetched with each full refresh ---------- */
+  /* ---------- forecasts (GET /api/admin/forecasts): late and at-risk batches first ---------- */
   const FLAG_ORDER = (b) => (b.late ? 0 : b.atRisk ? 1 : 2);
 
   function forecastRow(b) {
@@ -571,7 +571,6 @@
       h("td", {}, flag ? h("span", { class: "bm-badge", dataset: { status: flag[0] }, text: flag[1] }) : b.eta ? "On time" : "No estimate yet")
     );
   }
-
 
   async function loadForecasts() {
     const panel = $("forecasts-panel");
