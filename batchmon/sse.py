@@ -22,6 +22,7 @@ import json
 import time
 import uuid
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
@@ -81,10 +82,7 @@ def _parse(request):
 
 
 def _prepare(request):
-    """(error response, None) or (None, (subs, interval)); audits the access (sync)."""
-    from batchmon.models import AuditEvent
-    from jobs.monitoring_api import client_ip
-
+    """(user, error response or None, parsed subscriptions or None) (sync)."""
     user = _authenticate(request)
     code = live.auth_failure(user)
     response = parsed = None
@@ -97,16 +95,22 @@ def _prepare(request):
             parsed = _parse(request)
         except live.BadSubscription as exc:
             response = _error("invalid_parameter", str(exc), 400)
-    status = response.status_code if response is not None else 200
+    return user, response, parsed
+
+
+def _audit(request, user, status):
+    """The monitoring-access audit row of this stream request, with the status it got (sync)."""
+    from batchmon.models import AuditEvent
+    from jobs.monitoring_api import client_ip
+
     AuditEvent.record(
         actor=user if getattr(user, "is_authenticated", False) else None,
         action=AuditEvent.Action.BATCH_MONITORING_ACCESS,
         at=timezone.now(),
-        outcome=AuditEvent.Outcome.SUCCESS if status == 200 else AuditEvent.Outcome.DENIED if status in (401, 403) else AuditEvent.Outcome.FAILURE,
+        outcome=AuditEvent.Outcome.SUCCESS if status == 200 else AuditEvent.Outcome.DENIED if status in (401, 403, 429) else AuditEvent.Outcome.FAILURE,
         ip=client_ip(request),
         details={"method": request.method, "path": request.path, "params": request.GET.dict() | ({"token": "…"} if "token" in request.GET else {}), "status": status},
     )
-    return response, (user, *parsed) if parsed else None
 
 
 def _event(sub, data, seq):
@@ -119,17 +123,17 @@ async def live_events(request):
         return _error("method_not_allowed", "GET only.", 405)
     if isinstance(request, ASGIRequest):
         await request.auser()  # resolve the session user here, outside the sync helpers
-    response, parsed = await database_sync_to_async(_prepare)(request)
+    user, response, parsed = await database_sync_to_async(_prepare)(request)
+    held = None
+    if response is None and isinstance(request, ASGIRequest):
+        held = await _Held.claim(user.pk, parsed[0])
+        if isinstance(held, JsonResponse):
+            response, held = held, None
+    await database_sync_to_async(_audit)(request, user, response.status_code if response is not None else 200)
     if response is not None:
         return response
-    user, subs, interval = parsed
-    if isinstance(request, ASGIRequest):
-        held = await _Held.claim(user.pk, subs)
-        if isinstance(held, JsonResponse):
-            return held
-        stream = _push_stream(subs, interval, held)
-    else:
-        stream = _poll_stream(subs, interval)
+    subs, interval = parsed
+    stream = _HeldStream(_push_stream(subs, interval, held), held) if held else _poll_stream(subs, interval)
     return StreamingHttpResponse(stream, content_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -143,23 +147,47 @@ class _Held:
 
     @classmethod
     async def claim(cls, user_id, subs):
-        """The held share, or the 429 response naming the cap that is full."""
+        """The held share, or the 429 response naming the cap that is full (nothing held then, even
+        when the request is cancelled half-way)."""
         held, now = cls(user_id, subs), presence.now()
-        if not await held.store.claim(user_id, presence.CONNECTIONS, held.conn, live.max_connections(), now):
-            return _error("too_many_connections", f"at most {live.max_connections()} live connections per user", 429)
-        for i, member in enumerate(held.subs):
-            if not await held.store.claim(user_id, presence.SUBSCRIPTIONS, member, live.max_subscriptions(), now):
-                await held.store.release(user_id, presence.SUBSCRIPTIONS, *held.subs[:i])
-                await held.store.release(user_id, presence.CONNECTIONS, held.conn)
-                return _error("too_many_subscriptions", f"at most {live.max_subscriptions()} subscriptions per user", 429)
+        try:
+            if not await held.store.claim(user_id, presence.CONNECTIONS, held.conn, live.max_connections(), now):
+                return _error("too_many_connections", f"at most {live.max_connections()} live connections per user", 429)
+            for member in held.subs:
+                if not await held.store.claim(user_id, presence.SUBSCRIPTIONS, member, live.max_subscriptions(), now):
+                    await held.release()
+                    return _error("too_many_subscriptions", f"at most {live.max_subscriptions()} subscriptions per user", 429)
+        except BaseException:
+            await asyncio.shield(held.release())
+            raise
         return held
 
     async def refresh(self):
         await self.store.refresh(self.user_id, {presence.CONNECTIONS: [self.conn], presence.SUBSCRIPTIONS: self.subs}, presence.now())
 
     async def release(self):
+        """Idempotent: the stream's end and the response's close both call it."""
         await self.store.release(self.user_id, presence.SUBSCRIPTIONS, *self.subs)
         await self.store.release(self.user_id, presence.CONNECTIONS, self.conn)
+
+
+class _HeldStream:
+    """The push stream, plus a close() that Django calls when it closes the response: the share is
+    given back even when the client left before the stream started (so its `finally` never ran)."""
+
+    def __init__(self, stream, held):
+        self.stream, self.held = stream, held
+
+    def __aiter__(self):
+        return self.stream.__aiter__()
+
+    def close(self):
+        """HttpResponse.close(): the ASGI handler calls it in a thread of sync_to_async, the test
+        client on the event loop itself."""
+        try:
+            asyncio.get_running_loop().create_task(self.held.release())
+        except RuntimeError:  # no loop in this thread
+            async_to_sync(self.held.release)()
 
 
 async def _push_stream(subs, interval, held):
@@ -167,12 +195,13 @@ async def _push_stream(subs, interval, held):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.LIVE_SSE_MAX_SECONDS
     refreshed = loop.time()
-    channel = await layer.new_channel() if layer else None
-    groups = {s.group for s in subs}
-    for group in groups if layer else ():
-        await layer.group_add(group, channel)
+    groups = {s.group for s in subs} if layer else set()
+    channel = None
     seq, last_output = 0, loop.time()
     try:
+        channel = await layer.new_channel() if layer else None
+        for group in groups:
+            await layer.group_add(group, channel)
         yield "retry: 3000\n\n"
         while loop.time() < deadline:
             now = loop.time()
@@ -187,7 +216,7 @@ async def _push_stream(subs, interval, held):
                     last_output = loop.time()
                     yield _event(sub, data, seq)
             now = loop.time()
-            wake = [deadline, last_output + KEEPALIVE] + [s.last + interval for s in subs if s.dirty]
+            wake = [deadline, last_output + KEEPALIVE, refreshed + live.heartbeat_seconds()] + [s.last + interval for s in subs if s.dirty]
             timeout = max(min(wake) - now, 0.001)
             if layer is None:  # no channel layer: poll at the frequency
                 await asyncio.sleep(min(timeout, interval))
@@ -205,9 +234,11 @@ async def _push_stream(subs, interval, held):
                 if sub.group == message.get("topic"):
                     sub.dirty, sub.payload = True, message.get("payload")
     finally:
-        for group in groups if layer else ():
-            await layer.group_discard(group, channel)
-        await held.release()
+        try:
+            for group in groups if channel else ():
+                await layer.group_discard(group, channel)
+        finally:
+            await held.release()
 
 
 def _poll_stream(subs, interval):

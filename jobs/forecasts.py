@@ -9,7 +9,9 @@ Each answer carries `method`, one sentence saying how it was computed, so the nu
   (≈ 95 %), or from Poisson counting, 2/√(lines done in the fitted span), whichever is wider,
   clipped so the slow end is at least 10 % of the rate; the estimate runs from the last point
   at rate b. With fewer than three points the rate is the mean since in_progress_at with the
-  Poisson range; no progress over the fitted points means stalled (no estimate, at risk).
+  Poisson range; no progress over the fitted points means stalled (no estimate, at risk). A last
+  check older than three check intervals (BATCH_STATUS_CHECK_INTERVAL) gives no estimate either:
+  the provider or the scheduler is not answering, and the batch is at risk if it can expire.
 - projected_month: cost at batch price, cost at standard price and savings of jobs that ended in
   the window (jobs.stats.figures), per hour of the window × 720 (30 days).
 - queue_drain: requests waiting (queued + in a batch, not yet finished) / requests finished per
@@ -18,8 +20,9 @@ Each answer carries `method`, one sentence saying how it was computed, so the nu
 """
 
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import F
 from django.db.models import Window as Over
 from django.db.models.functions import RowNumber
@@ -39,13 +42,24 @@ _iso = stats._iso
 
 
 FIT_SAMPLES = 60  # the recent progress the fit sees: about an hour of once-a-minute checks
-# Student's t, two-sided 95 %, by degrees of freedom (n − 2); 2.0 beyond the table
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
+# Student's t, two-sided 95 %, by degrees of freedom (n − 2), each rounded up (60 stands for all above)
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 30: 2.05, 40: 2.03, 60: 2.01}
 
 
 def t95(df):
     """The quantile at the nearest tabled df at or below (a little wide between rows, never narrow)."""
-    return T95[max(d for d in T95 if d <= df)] if df <= max(T95) else Z
+    return T95[max(d for d in T95 if d <= min(df, 60))]
+
+
+def stale_after(now):
+    """How old the last status check may be before a forecast from it means nothing: three of the
+    longest gaps between the check schedule's next runs, at least 10 minutes."""
+    from croniter import croniter
+
+    runs = croniter(settings.BATCH_STATUS_CHECK_INTERVAL, now)
+    times = [runs.get_next(datetime) for _ in range(6)]
+    gap = max(b - a for a, b in zip(times, times[1:]))
+    return max(3 * gap, timedelta(minutes=10))
 
 
 def fit_line(points):
@@ -64,7 +78,8 @@ def fit_line(points):
 
 def progress_points(job, samples):
     """(at, done) of the samples since in_progress_at, oldest first, then the last check if later."""
-    points = [(s.at, s.done) for s in sorted(samples, key=lambda s: s.at) if job.in_progress_at and s.at >= job.in_progress_at]
+    ordered = sorted(samples, key=lambda s: (s.at, s.pk or 0))
+    points = [(s.at, s.done) for s in ordered if job.in_progress_at and s.at >= job.in_progress_at]
     done = job.provider_completed + job.provider_failed
     if job.checked_at and (not points or job.checked_at > points[-1][0]):
         points.append((job.checked_at, done))
@@ -114,6 +129,15 @@ def batch_finish(job, now, samples=None):
         if start is None:
             method = "The batch has not started (no in_progress_at), so there is no rate yet."
         return {**out, **no_rate, "method": method}
+    if job.checked_at and now - job.checked_at > stale_after(now):
+        return {
+            **out,
+            **no_rate,
+            "method": (
+                f"No status check since {_iso(job.checked_at)} (more than three check intervals): the provider or the "
+                f"scheduler may be down, so there is no estimate."
+            ),
+        }
     if samples is None:
         samples = recent_samples([job.pk])[job.pk]
     points = progress_points(job, samples)

@@ -98,8 +98,9 @@ class MonitoringParams(serializers.Serializer):
         help_text=(
             "Order of jobs across pages: id, status, jobType, progress, createdAt, processingTimeMs or costEstimate, ascending, "
             "or descending with a leading '-' (default -createdAt, newest first). Ties go by id in the same direction; jobs "
-            "without a processing time come last either way; progress is (completedCount + failedCount) / requestCount; "
-            "costEstimate is compared unrounded; status and jobType by code point."
+            "without a processing time come last either way; progress is (completedCount + failedCount) / requestCount, or "
+            "providerProgress while a batch runs with nothing applied; costEstimate is compared unrounded; status and jobType "
+            "by code point."
         ),
     )
     interval = SpanField(units="mhd", required=False, help_text="Bucket size of data.historical (e.g. 5m, 1h, 1d); chosen from the range if absent.")

@@ -29,7 +29,8 @@ Definitions (also in the README's API section):
   retried later or not (the errorSummary adds up to it); costEstimate = batch cost of the lines
   applied, plus, for lines still out, the job type's mean batch cost per succeeded line in the range.
 - the job table's `ordering` (JOB_ORDERINGS) sorts in SQL by what the row shows: progress =
-  (completedCount + failedCount) / requestCount (0 for a job of no lines); processingTimeMs, with
+  (completedCount + failedCount) / requestCount (0 for a job of no lines), or, while a batch runs
+  with nothing applied yet, providerProgress (completed + failed) / total; processingTimeMs, with
   the jobs that have none (not ended, or never started) last in both directions; costEstimate as
   defined above, compared unrounded (as floating point), so jobs whose rounded costEstimate is
   equal may come in the order of their unrounded estimates; status and jobType by code point
@@ -486,9 +487,18 @@ def _job_sort_expression(key, mean_cost):
         return CodePointOrder(F("job_type__name"))
     if key == "createdAt":
         return F("created_at")
-    if key == "progress":  # completedCount + failedCount, over requestCount
-        done = F("succeeded_count") + F("failed_count") + F("requeued_count")
-        return Coalesce(Cast(done, FloatField()) / NullIf(F("request_count"), Value(0)), Value(0.0), output_field=FloatField())
+    if key == "progress":  # the share the row's bar shows: applied results, or the provider's counts while it runs
+        applied = F("succeeded_count") + F("failed_count") + F("requeued_count")
+        at_provider = F("provider_completed") + F("provider_failed")
+        share = Case(
+            When(
+                ~Q(status__in=BatchJob.TERMINAL) & Q(results_applied_at__isnull=True) & Q(provider_total__gt=0),
+                then=Cast(at_provider, FloatField()) / F("provider_total"),
+            ),
+            default=Cast(applied, FloatField()) / NullIf(F("request_count"), Value(0)),
+            output_field=FloatField(),
+        )
+        return Coalesce(share, Value(0.0), output_field=FloatField())
     if key == "processingTimeMs":  # finished − started, NULL unless both are known
         started = Coalesce(F("in_progress_at"), F("provider_created_at"))
         return ExpressionWrapper(F("finished_at") - started, output_field=DurationField())

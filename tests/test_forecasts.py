@@ -160,6 +160,24 @@ def test_samples_before_in_progress_and_beyond_the_window_are_not_fitted(job_typ
     assert f["fitPoints"] == forecasts.FIT_SAMPLES and f["ratePerHour"] == 600.0
 
 
+def test_a_last_check_older_than_three_check_intervals_gives_no_estimate(job_type, settings):
+    series = [(m, 5 * m) for m in range(10, 101, 10)]  # the last sample 20 min before NOW
+    settings.BATCH_STATUS_CHECK_INTERVAL = "*/2 * * * *"  # stale after max(3 × 2 min, 10 min)
+    fresh = forecasts.batch_finish(sampled(job_type, series, checked=NOW - timedelta(minutes=9)), NOW)
+    assert fresh["eta"] is not None
+    stale = forecasts.batch_finish(sampled(job_type, series, checked=NOW - timedelta(minutes=11)), NOW)
+    assert (stale["eta"], stale["earliest"], stale["late"], stale["atRisk"]) == (None, None, False, True)
+    assert stale["method"].startswith("No status check since 2026-12-01T11:49:00Z (more than three check intervals)")
+    settings.BATCH_STATUS_CHECK_INTERVAL = "0 * * * *"  # hourly checks: 2 h is not stale yet
+    assert forecasts.batch_finish(sampled(job_type, series, checked=NOW - timedelta(hours=2)), NOW)["eta"] is not None
+
+
+def test_student_t_is_never_narrower_than_the_true_quantile():
+    # true two-sided 95 % quantiles: df 11 → 2.201, 31 → 2.040, 59 → 2.001, 1000 → 1.962
+    assert forecasts.t95(1) == 12.71 and forecasts.t95(11) == 2.23 and forecasts.t95(31) == 2.05
+    assert forecasts.t95(59) == 2.03 and forecasts.t95(60) == forecasts.t95(1000) == 2.01
+
+
 def test_running_batches_reads_every_jobs_samples_in_one_query(job_type, django_assert_num_queries):
     for _ in range(3):
         sampled(job_type, [(m, 5 * m) for m in range(10, 121, 10)], checked=NOW)

@@ -665,3 +665,94 @@ def test_progress_pushes_to_the_jobs_subscribers_only(layer, staff, running_job)
 
     run(scenario)
     assert list(running_job.progress_samples.values_list("completed", flat=True)) == [55]
+
+
+def test_an_sse_client_gone_before_the_stream_started_gives_its_share_back(layer, staff, settings):
+    """Through the real ASGI handler: the client disconnects while the response head is sent, so the
+    stream's generator never runs; closing the response still releases the connection it held."""
+    settings.LIVE_MAX_CONNECTIONS_PER_USER = 1
+    user_id = staff[0].pk
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": "/api/admin/live", "raw_path": b"/api/admin/live", "root_path": "",
+        "query_string": f"subscribe=summary&token={staff[1]}".encode(), "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
+    }
+
+    async def scenario():
+        gone = asyncio.Event()
+        sent = []
+
+        async def receive():
+            if not sent:
+                sent.append("request")
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                assert message["status"] == 200
+                gone.set()
+                await asyncio.Event().wait()  # the client is gone: this send never completes
+
+        await asyncio.wait_for(application(scope, receive, send), 5)
+        for _ in range(20):  # the release the close scheduled
+            await asyncio.sleep(0)
+        assert await presence.backend().count(user_id, presence.CONNECTIONS, presence.now()) == 0
+        assert await presence.backend().count(user_id, presence.SUBSCRIPTIONS, presence.now()) == 0
+
+    run(scenario)
+
+
+def test_an_sse_request_over_the_cap_is_audited_as_denied(layer, staff, settings):
+    from django.test import override_settings
+    from django.urls import path
+
+    from batchmon import sse
+    from batchmon.models import AuditEvent
+
+    settings.LIVE_MAX_CONNECTIONS_PER_USER = 1
+
+    async def scenario():
+        client = AsyncClient()
+        first = await client.get(f"/live-test/?subscribe=summary&token={staff[1]}")
+        _, iterator = await _events(first, 1)
+        refused = await client.get(f"/live-test/?subscribe=summary&token={staff[1]}")
+        assert refused.status_code == 429
+        await hang_up(iterator)
+
+    urlconf = type("urls", (), {"urlpatterns": [path("live-test/", sse.live_events)]})
+    with override_settings(ROOT_URLCONF=urlconf):
+        run(scenario)
+    rows = list(AuditEvent.objects.filter(action=AuditEvent.Action.BATCH_MONITORING_ACCESS).order_by("id").values_list("outcome", "details__status"))
+    assert rows == [(AuditEvent.Outcome.SUCCESS, 200), (AuditEvent.Outcome.DENIED, 429)]
+
+
+def test_an_idle_sse_stream_keeps_its_share_fresh(layer, staff, settings, redis_presence):
+    """Nothing to push for a while: the stream still refreshes its entries every heartbeat."""
+    from django.test import override_settings
+    from django.urls import path
+
+    from batchmon import sse
+
+    url, client = redis_presence
+    settings.LIVE_HEARTBEAT_SECONDS = 0.1
+    key = f"batchmon:live:{staff[0].pk}:conn"
+
+    async def scenario():
+        http = AsyncClient()
+        response = await http.get(f"/live-test/?subscribe=summary&frequency=low&token={staff[1]}")
+        _, iterator = await _events(response, 1)  # the first state; then nothing changes
+        reading = asyncio.ensure_future(iterator.__anext__())  # the server keeps reading the stream
+        (_, first), = await database_sync_to_async(client.zrange)(key, 0, -1, withscores=True)
+        await asyncio.sleep(0.35)  # three heartbeats of 0.1 s
+        (_, later), = await database_sync_to_async(client.zrange)(key, 0, -1, withscores=True)
+        assert later > first
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+
+    urlconf = type("urls", (), {"urlpatterns": [path("live-test/", sse.live_events)]})
+    with override_settings(ROOT_URLCONF=urlconf):
+        run(scenario)

@@ -478,3 +478,18 @@ def test_job_rows_carry_the_providers_counts_once_it_reported_any(staff, job_typ
     assert rows[str(running.pk)]["providerProgress"] == {"total": 100, "completed": 41, "failed": 3}
     assert rows[str(running.pk)]["completedCount"] == 0  # applied results only
     assert rows[str(never_counted.pk)]["providerProgress"] is None
+
+
+def test_progress_order_uses_the_providers_counts_while_a_batch_runs(staff, job_type, consumer):
+    """The order matches the bars: a running batch 70 % done at the provider sorts above an ended
+    job with 50 % of its lines applied, and one the provider has not counted yet sorts as 0."""
+    with time_machine.travel(NOW, tick=False):
+        half = make_job(job_type, consumer, succeeded=40, failed=10, requeued=0, cancelled=50)  # 50 %
+        running = make_job(job_type, consumer, status=B.IN_PROGRESS, succeeded=0, failed=0, requeued=0, cost_batch="0")
+        BatchJob.objects.filter(pk=running.pk).update(provider_total=100, provider_completed=65, provider_failed=5)  # 70 %
+        uncounted = make_job(job_type, consumer, status=B.VALIDATING, succeeded=0, failed=0, requeued=0, cost_batch="0")
+        full = make_job(job_type, consumer, succeeded=100, failed=0, requeued=0)  # 100 %
+    ids = [r["id"] for r in get(staff, ordering="progress").json()["data"]["jobs"]]
+    assert ids == [str(j.pk) for j in (uncounted, half, running, full)]
+    ids = [r["id"] for r in get(staff, ordering="-progress").json()["data"]["jobs"]]
+    assert ids == [str(j.pk) for j in (full, running, half, uncounted)]
