@@ -10,6 +10,8 @@ process and the same structure lives in its memory.
 
 If Redis cannot be reached, a claim is allowed (and logged): the live view degrading to "no cap"
 beats refusing staff their dashboard; the channel layer on the same Redis would be down anyway.
+A refresh only extends entries still there (ZADD XX), so it can never bring back one released a
+moment before; after Redis loses its keys, open connections count again once they reconnect.
 """
 
 import asyncio
