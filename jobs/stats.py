@@ -110,10 +110,13 @@ class Epoch(Func):
 class Scope:
     """Which rows the figures read: all jobs or one job type, all consumers or one consumer's share."""
 
-    def __init__(self, job_type=None, consumer=None):
-        self.job_type, self.consumer = job_type, consumer
-        if consumer is not None:
-            self.rows, self.j = BatchJobConsumer.objects.filter(consumer=consumer), "job__"
+    def __init__(self, job_type=None, consumer=None, per_consumer=False):
+        """per_consumer: every consumer's share, to be grouped by consumer."""
+        self.job_type, self.consumer, self.per_consumer = job_type, consumer, per_consumer
+        if consumer is not None or per_consumer:
+            self.rows, self.j = BatchJobConsumer.objects.all(), "job__"
+            if consumer is not None:
+                self.rows = self.rows.filter(consumer=consumer)
         else:
             self.rows, self.j = BatchJob.objects.all(), ""
         if job_type is not None:
@@ -125,10 +128,23 @@ class Scope:
 
     def hours(self, kind, first, last):
         """Rollup rows of whole hours [first, last)."""
-        rows = JobHourStats.objects.filter(kind=kind, consumer_key=self.consumer.pk if self.consumer else ALL_CONSUMERS)
+        rows = JobHourStats.objects.filter(kind=kind)
+        if self.per_consumer and self.consumer is None:
+            rows = rows.filter(consumer_key__gt=ALL_CONSUMERS)
+        else:
+            rows = rows.filter(consumer_key=self.consumer.pk if self.consumer else ALL_CONSUMERS)
         if self.job_type is not None:
             rows = rows.filter(job_type=self.job_type)
         return rows.filter(hour__gte=first, hour__lt=last)
+
+    def group_columns(self, group):
+        """(rollup column, rows column) of a grouping: "job_type", "consumer" (a per_consumer
+        scope, whose rows are consumer shares) or None (no grouping)."""
+        if group is None:
+            return None, None
+        if group == "job_type":
+            return "job_type_id", self.f("job_type_id")
+        return "consumer_key", "consumer_id"
 
     def raw(self, column, spans, applied_only=False):
         """Job rows (or consumer shares) whose `column` falls in any of the spans."""
@@ -156,6 +172,13 @@ def split(since, until):
     return (first, last), [(a, b) for a, b in ((since, first), (last, until)) if a < b]
 
 
+def _grouped(rows, column, **aggregates):
+    """{group: totals} of rows grouped by column, or {None: totals} of all of them."""
+    if column is None:
+        return {None: rows.aggregate(**aggregates)}
+    return {row.pop(column): row for row in rows.values(column).annotate(**aggregates)}
+
+
 def _usd_sum(name):
     return Coalesce(Sum(name), 0, output_field=USDField())
 
@@ -165,95 +188,120 @@ def _int_sum(expression):
 
 
 OUTCOME_KEYS = ("jobs", "completed", "failed", "succeeded", "failed_lines", "requeued", "cost_batch", "cost_standard", "processing_ms", "processing_jobs")
+CREATED_KEYS = ("jobs", "completed", "failed", "requests", "processed")
 
 
 def _ended_by_job_type(since, until, scope):
     """Outcomes of jobs applied and ended in the window, per job type: rollup hours plus edge jobs (two queries)."""
+    return _ended(since, until, scope, "job_type")
+
+
+def _ended(since, until, scope, group):
+    """Outcomes of jobs applied and ended in the window, per job type or per consumer (two queries)."""
+    hour_column, row_column = scope.group_columns(group)
     totals = {}
 
-    def add(job_type_id, values):
-        row = totals.setdefault(job_type_id, dict.fromkeys(OUTCOME_KEYS, 0))
-        for key in OUTCOME_KEYS:
-            row[key] += values[key] or 0
+    def add(key, values):
+        row = totals.setdefault(key, dict.fromkeys(OUTCOME_KEYS, 0))
+        for name in OUTCOME_KEYS:
+            row[name] += values[name] or 0
 
     hours, edges = split(since, until)
     if hours:
-        for row in (
-            scope.hours(JobHourStats.Kind.ENDED, *hours)
-            .values("job_type_id")
-            .annotate(
-                jobs=_int_sum("jobs"),
-                completed=_int_sum("completed_jobs"),
-                failed=_int_sum("failed_jobs"),
-                succeeded=_int_sum("succeeded_count"),
-                failed_lines=_int_sum("failed_count"),
-                requeued=_int_sum("requeued_count"),
-                cost_batch=_usd_sum("cost_batch"),
-                cost_standard=_usd_sum("cost_standard"),
-                processing_ms=_int_sum("processing_ms"),
-                processing_jobs=_int_sum("processing_jobs"),
-            )
-        ):
-            add(row["job_type_id"], row)
-    status = scope.f("status")
-    started = Coalesce(scope.f("in_progress_at"), scope.f("provider_created_at"))
-    for row in (
-        scope.raw("finished_at", edges, applied_only=True)
-        .values(scope.f("job_type_id"))
-        .annotate(
-            jobs=Count("id"),
-            completed=Count("id", filter=Q(**{status: S.COMPLETED})),
-            failed=Count("id", filter=~Q(**{status: S.COMPLETED})),
+        for key, row in _grouped(
+            scope.hours(JobHourStats.Kind.ENDED, *hours),
+            hour_column,
+            jobs=_int_sum("jobs"),
+            completed=_int_sum("completed_jobs"),
+            failed=_int_sum("failed_jobs"),
             succeeded=_int_sum("succeeded_count"),
             failed_lines=_int_sum("failed_count"),
             requeued=_int_sum("requeued_count"),
             cost_batch=_usd_sum("cost_batch"),
             cost_standard=_usd_sum("cost_standard"),
-            processing=Sum(ExpressionWrapper(F(scope.f("finished_at")) - started, output_field=DurationField())),
-            processing_jobs=Count("id", filter=Q(**{f"{scope.f('in_progress_at')}__isnull": False}) | Q(**{f"{scope.f('provider_created_at')}__isnull": False})),
-        )
-    ):
+            processing_ms=_int_sum("processing_ms"),
+            processing_jobs=_int_sum("processing_jobs"),
+        ).items():
+            add(key, row)
+    status = scope.f("status")
+    started = Coalesce(scope.f("in_progress_at"), scope.f("provider_created_at"))
+    for key, row in _grouped(
+        scope.raw("finished_at", edges, applied_only=True),
+        row_column,
+        jobs=Count("id"),
+        completed=Count("id", filter=Q(**{status: S.COMPLETED})),
+        failed=Count("id", filter=~Q(**{status: S.COMPLETED})),
+        succeeded=_int_sum("succeeded_count"),
+        failed_lines=_int_sum("failed_count"),
+        requeued=_int_sum("requeued_count"),
+        cost_batch=_usd_sum("cost_batch"),
+        cost_standard=_usd_sum("cost_standard"),
+        processing=Sum(ExpressionWrapper(F(scope.f("finished_at")) - started, output_field=DurationField())),
+        processing_jobs=Count("id", filter=Q(**{f"{scope.f('in_progress_at')}__isnull": False}) | Q(**{f"{scope.f('provider_created_at')}__isnull": False})),
+    ).items():
         processing = row.pop("processing")
         row["processing_ms"] = round(processing.total_seconds() * 1000) if processing else 0
-        add(row[scope.f("job_type_id")], row)
+        add(key, row)
     return totals
 
 
-def _created(since, until, scope):
-    """Jobs created in the window: rollup hours plus edge jobs (two queries)."""
+def _created(since, until, scope, group=None):
+    """Jobs created in the window: rollup hours plus edge jobs (two queries); {group: totals} per
+    job type or per consumer, else the totals."""
+    hour_column, row_column = scope.group_columns(group)
     hours, edges = split(since, until)
-    totals = {"jobs": 0, "completed": 0, "failed": 0, "requests": 0, "processed": 0}
+    totals = {}
+
+    def add(key, values):
+        row = totals.setdefault(key, dict.fromkeys(CREATED_KEYS, 0))
+        for name in CREATED_KEYS:
+            row[name] += values[name] or 0
+
     if hours:
-        row = scope.hours(JobHourStats.Kind.CREATED, *hours).aggregate(
+        for key, row in _grouped(
+            scope.hours(JobHourStats.Kind.CREATED, *hours),
+            hour_column,
             jobs=_int_sum("jobs"),
             completed=_int_sum("completed_jobs"),
             failed=_int_sum("failed_jobs"),
             requests=_int_sum("request_count"),
             processed=_int_sum(F("succeeded_count") + F("failed_count")),
-        )
-        totals = {key: totals[key] + row[key] for key in totals}
+        ).items():
+            add(key, row)
     applied = Q(**{f"{scope.f('results_applied_at')}__isnull": False})
-    row = scope.raw("created_at", edges).aggregate(
+    for key, row in _grouped(
+        scope.raw("created_at", edges),
+        row_column,
         jobs=Count("id"),
         completed=Count("id", filter=applied & Q(**{scope.f("status"): S.COMPLETED})),
         failed=Count("id", filter=applied & ~Q(**{scope.f("status"): S.COMPLETED})),
         requests=_int_sum("request_count"),
         processed=_int_sum(F("succeeded_count") + F("failed_count")),
-    )
-    return {key: totals[key] + row[key] for key in totals}
+    ).items():
+        add(key, row)
+    return totals if group else totals.get(None, dict.fromkeys(CREATED_KEYS, 0))
+
+
+def _queue_rows(scope, group=None):
+    """{group: {status: jobs}} of jobs not ended, as they stand now (one query)."""
+    _, column = scope.group_columns(group)
+    status = scope.f("status")
+    out = {}
+    rows = scope.rows.filter(**{f"{status}__in": PENDING_QUEUE + PROCESSING_QUEUE})
+    for row in rows.values(*filter(None, (column, status))).annotate(n=Count("id")):
+        out.setdefault(row[column] if column else None, {})[row[status]] = row["n"]
+    return out
 
 
 def figures(since, until, scope, by_type=None):
     """summary, queues, performance and costs (five queries whatever the number of jobs)."""
-    created = _created(since, until, scope)
     by_type = _ended_by_job_type(since, until, scope) if by_type is None else by_type
     ended = {key: sum(row[key] for row in by_type.values()) for key in OUTCOME_KEYS}
-    queue_rows = dict(
-        scope.rows.filter(**{f"{scope.f('status')}__in": PENDING_QUEUE + PROCESSING_QUEUE})
-        .values_list(scope.f("status"))
-        .annotate(n=Count("id"))
-        .values_list(scope.f("status"), "n")
-    )
+    return _compose(since, until, _created(since, until, scope), ended, _queue_rows(scope).get(None, {}))
+
+
+def _compose(since, until, created, ended, queue_rows):
+    """The figures of one scope from its created and ended totals and its jobs not ended by status."""
     hours = max((until - since).total_seconds() / 3600, 1e-9)
     outcomes = ended["succeeded"] + ended["failed_lines"]
     attempted = outcomes + ended["requeued"]
@@ -300,18 +348,22 @@ def figures(since, until, scope, by_type=None):
 def breakdown(since, until, *, job_type=None, consumer=None, limit=12):
     """The figures of each job type (within the consumer filter) and of each consumer (within the
     job type filter), the first `limit` of each by name: the dashboard's two breakdown panels in
-    one call. Queries: 6 + 3 per job type + 5 per consumer (the outcomes of every job type come
-    from one grouped read)."""
-    by_type = _ended_by_job_type(since, until, Scope(None, consumer))
+    one call, in 14 queries whatever the number of names (each figure grouped in SQL)."""
     types = list(JobType.objects.order_by("name")[:limit])
     consumers = list(Consumer.objects.order_by("name")[:limit])
 
-    def row(name, f):
-        return {"name": name, "summary": f["summary"], "costs": f["costs"]}
+    def rows(names, scope, group):
+        created, ended, queues = _created(since, until, scope, group), _ended(since, until, scope, group), _queue_rows(scope, group)
+        zero = dict.fromkeys(OUTCOME_KEYS, 0)
+        out = []
+        for item in names:
+            f = _compose(since, until, created.get(item.pk, dict.fromkeys(CREATED_KEYS, 0)), ended.get(item.pk, zero), queues.get(item.pk, {}))
+            out.append({"name": item.name, "summary": f["summary"], "costs": f["costs"]})
+        return out
 
     return {
-        "byJobType": [row(t.name, figures(since, until, Scope(t, consumer), {t.pk: by_type[t.pk]} if t.pk in by_type else {})) for t in types],
-        "byConsumer": [row(c.name, figures(since, until, Scope(job_type, c))) for c in consumers],
+        "byJobType": rows(types, Scope(None, consumer), "job_type"),
+        "byConsumer": rows(consumers, Scope(job_type, per_consumer=True), "consumer"),
         "more": {"jobType": max(0, JobType.objects.count() - limit), "consumer": max(0, Consumer.objects.count() - limit)},
         "range": {"from": _iso(since), "to": _iso(until)},
     }

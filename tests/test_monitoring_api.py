@@ -459,11 +459,18 @@ def test_breakdown_rows_equal_the_scoped_monitoring_figures(staff, job_type, con
         totals = staff.get(reverse("batch-monitoring-breakdown")).json()["data"]
         assert [r["summary"]["totalJobs"] for r in totals["byJobType"]] == [2, 2]
         assert [r["costs"]["batch"] for r in totals["byConsumer"]] == [1.25, 2.85]
-        # 6 + 3 per job type + 5 per consumer, and the audit row
-        with django_assert_num_queries(6 + 3 * 2 + 5 * 2 + 1):
+        # names and counts (4), created / ended / queues grouped by job type (5) and by consumer (5), the audit row
+        with django_assert_num_queries(15):
             staff.get(reverse("batch-monitoring-breakdown"))
+        for i in range(4):  # more names, the same queries
+            make_consumer(f"more-{i}")
+            JobType.objects.create(name=f"more-{i}")
+        with django_assert_num_queries(15):
+            wider = staff.get(reverse("batch-monitoring-breakdown")).json()["data"]
+        assert [r["name"] for r in wider["byConsumer"]] == ["acme", "more-0", "more-1", "more-2", "more-3", "reporting"]
+        assert wider["byConsumer"][1]["summary"]["totalJobs"] == 0 and wider["byConsumer"][1]["costs"]["batch"] == 0
         limited = staff.get(reverse("batch-monitoring-breakdown"), {"limit": 1}).json()["data"]
-    assert [r["name"] for r in limited["byJobType"]] == ["ai_analysis"] and limited["more"] == {"jobType": 1, "consumer": 1}
+    assert [r["name"] for r in limited["byJobType"]] == ["ai_analysis"] and limited["more"] == {"jobType": 5, "consumer": 5}
     bad = staff.get(reverse("batch-monitoring-breakdown"), {"limit": 51, "jobType": "nope"})
     assert bad.status_code == 400 and {"limit", "jobType"} <= set(bad.json()["error"]["details"])
     assert APIClient().get(reverse("batch-monitoring-breakdown")).status_code == 401
