@@ -361,7 +361,7 @@ class JobDetailView(AuditedStaffView):
     )
     def get(self, request, pk):
         p = validated(PageParams, request)
-        job = get_object_or_404(BatchJob, pk=pk)
+        job = get_object_or_404(BatchJob.objects.select_related("job_type"), pk=pk)
         return ok(stats.job_detail(job, p["page"], p["limit"], timezone.now()))
 
 

@@ -500,3 +500,34 @@ def test_progress_order_uses_the_providers_counts_while_a_batch_runs(staff, job_
     assert ids == [str(j.pk) for j in (uncounted, half, running, full)]
     ids = [r["id"] for r in get(staff, ordering="-progress").json()["data"]["jobs"]]
     assert ids == [str(j.pk) for j in (full, running, half, uncounted)]
+
+
+def test_job_detail_query_count_does_not_grow_with_samples_or_failures(staff, job_type, consumer, submit, django_assert_num_queries):
+    """A running job's page (samples, forecast, failed requests) reads a fixed number of queries."""
+    from jobs.models import AIRequest, BatchProgress
+
+    with time_machine.travel(NOW, tick=False):
+        job = make_job(job_type, consumer, status=B.IN_PROGRESS, succeeded=0, failed=0, requeued=0, cost_batch="0")
+    BatchJob.objects.filter(pk=job.pk).update(provider_total=100, provider_completed=40, provider_failed=0, checked_at=NOW)
+
+    def grow(n):
+        start = BatchProgress.objects.filter(job=job).count()
+        BatchProgress.objects.bulk_create(
+            BatchProgress(job=job, at=NOW - timedelta(minutes=60 - i), total=100, completed=start + i, failed=0) for i in range(n)
+        )
+        ids = submit(n, prefix=f"f{start}")
+        AIRequest.objects.filter(pk__in=ids).update(batch=job, status=AIRequest.Status.FAILED, error_code="server_error", applied_at=NOW)
+
+    def detail():
+        with time_machine.travel(NOW, tick=False):
+            return staff.get(reverse("batch-monitoring-job", args=[job.pk]))
+
+    grow(3)
+    # the job with its type, its row, mean cost (rollup hours + edges), consumers, transitions, failed count and page, samples, audit
+    with django_assert_num_queries(10):
+        first = detail().json()["data"]
+    grow(40)
+    with django_assert_num_queries(10):
+        later = detail().json()["data"]
+    assert len(first["progressSamples"]) == 3 and len(later["progressSamples"]) == 43
+    assert later["forecast"]["fitPoints"] > 3 and later["failedRequestsPagination"]["total"] == 43
