@@ -31,6 +31,20 @@ def sandbox(sandbox_server, settings):
     return sandbox_server
 
 
+def fail_some(sandbox, ids, rate, codes, at_least=1):
+    """Configure the sandbox so that these requests' lines fail at `rate` with one of `codes`, and
+    at least `at_least` of them fail and one succeeds: the seed is searched for the request ids
+    (the lines' custom_ids), so a test never depends on a lucky draw."""
+    from jobs.providers.sandbox import _line_error
+
+    for seed in itertools.count():
+        plan = {"seed": seed, "all_fail": False, "line_error_rate": rate, "line_error_codes": list(codes)}
+        failing = sum(_line_error(plan, str(pk)) is not None for pk in ids)
+        if at_least <= failing < len(ids):
+            sandbox.configure(line_error_rate=rate, line_error_codes=list(codes), seed=seed)
+            return failing
+
+
 _names = itertools.count(1)
 
 

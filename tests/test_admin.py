@@ -6,6 +6,7 @@ from django.urls import reverse
 from batchmon.models import AuditEvent
 from jobs import lifecycle
 from jobs.models import AIRequest, BatchJob, Consumer, ModelPrice
+from tests.conftest import fail_some
 
 pytestmark = pytest.mark.django_db
 
@@ -14,8 +15,7 @@ pytestmark = pytest.mark.django_db
 def finished_job(sandbox, submit, job_type):
     job_type.max_attempts = 1
     job_type.save()
-    sandbox.configure(line_error_rate=0.5, line_error_codes=["server_error"])
-    submit(10)
+    fail_some(sandbox, submit(10), 0.5, ["server_error"])
     from django.utils import timezone
 
     lifecycle.run_cycle(timezone.now())

@@ -22,6 +22,7 @@ from alerts.config import DEFAULT_RULES
 from alerts.evaluate import apply_rule, evaluate, fingerprint, plan_rule
 from alerts.models import Alert, AlertRule, Notification, Silence
 from jobs.models import BatchJob, BatchJobConsumer, JobType
+from tests.conftest import fail_some
 
 pytestmark = pytest.mark.django_db
 B = BatchJob.Status
@@ -746,8 +747,7 @@ def test_a_real_batch_with_failed_lines_raises_high_error_rate(sandbox, submit, 
     AlertRule.objects.filter(name="highErrorRate").update(is_enabled=True)
     job_type.max_attempts = 1
     job_type.save()
-    sandbox.configure(line_error_rate=0.5, line_error_codes=["server_error"])
-    submit(20)
+    fail_some(sandbox, submit(20), 0.5, ["server_error"], at_least=3)
     lifecycle.run_cycle(timezone.now())
     job = BatchJob.objects.get()
     assert job.status == B.COMPLETED and job.failed_count > 2

@@ -23,6 +23,7 @@ from playwright.sync_api import expect
 
 from jobs import lifecycle
 from jobs.models import BatchJob, BatchProgress, JobType
+from tests.conftest import fail_some
 from tests.test_monitoring_api import make_job
 
 
@@ -388,8 +389,7 @@ def failed_job(sandbox, submit, job_type):
     """A real job through the sandbox whose failed lines can be retried (one attempt each)."""
     job_type.max_attempts = 1
     job_type.save()
-    sandbox.configure(line_error_rate=0.3, line_error_codes=["server_error"])
-    submit(20)
+    fail_some(sandbox, submit(20), 0.3, ["server_error"])
     lifecycle.run_cycle(timezone.now())
     job = BatchJob.objects.get()
     assert job.status == B.COMPLETED and job.failed_count > 0

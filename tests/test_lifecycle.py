@@ -13,6 +13,7 @@ from jobs import lifecycle
 from jobs.actions import ActionRefused, cancel_batch_job, retry_batch_job
 from jobs.models import AIRequest, BatchJob, BatchJobConsumer, BatchTransition, JobType
 from jobs.providers.openai_batch import get_provider
+from tests.conftest import fail_some
 
 pytestmark = pytest.mark.django_db
 
@@ -342,8 +343,7 @@ def test_cancel_before_submission_ends_locally(sandbox, submit, admin_user, djan
 def test_retry_sends_failed_requests_again_once(sandbox, submit, job_type, admin_user):
     job_type.max_attempts = 1
     job_type.save()
-    sandbox.configure(line_error_rate=0.5, line_error_codes=["server_error"])
-    submit(20)
+    fail_some(sandbox, submit(20), 0.5, ["server_error"])
     run_until_idle()
     job = BatchJob.objects.get()
     assert job.failed_count > 0

@@ -18,6 +18,7 @@ from batchmon.api import AdminRateThrottle
 from batchmon.models import AuditEvent
 from jobs import lifecycle, rollups
 from jobs.models import BatchJob, BatchJobConsumer, JobType
+from tests.conftest import fail_some
 
 pytestmark = pytest.mark.django_db
 B = BatchJob.Status
@@ -298,8 +299,7 @@ def test_ordering_adds_no_query(staff, ordered_jobs, ordering, django_assert_num
 
 
 def test_same_numbers_as_batch_status_command(staff, sandbox, submit):
-    sandbox.configure(line_error_rate=0.2, line_error_codes=["token_limit_exceeded"])
-    submit(40)
+    fail_some(sandbox, submit(40), 0.2, ["token_limit_exceeded"])
     lifecycle.run_cycle(timezone.now())
     api = staff.get(reverse("batch-monitoring")).json()["data"]
     out = io.StringIO()
@@ -340,8 +340,7 @@ def test_admin_api_is_throttled_per_user(staff, monkeypatch):
 def test_job_detail_retry_and_cancel(staff, sandbox, submit, job_type, admin_user):
     job_type.max_attempts = 1
     job_type.save()
-    sandbox.configure(line_error_rate=0.3, line_error_codes=["server_error"])
-    submit(20)
+    fail_some(sandbox, submit(20), 0.3, ["server_error"])
     lifecycle.run_cycle(timezone.now())
     job = BatchJob.objects.get()
     detail = staff.get(reverse("batch-monitoring-job", args=[job.pk])).json()["data"]

@@ -28,6 +28,7 @@ from rest_framework.test import APIClient
 from batchmon.models import AuditEvent
 from jobs import lifecycle
 from jobs.models import AIRequest, BatchJob
+from tests.conftest import fail_some
 from tests.test_monitoring_api import make_job
 
 pytestmark = pytest.mark.django_db
@@ -170,8 +171,7 @@ def world(sandbox, submit, job_type, consumer, admin_user, settings):
     settings.RESULTS_SETTLE_SECONDS = 0  # the results export holds back results younger than this
     job_type.max_attempts = 1
     job_type.save()
-    sandbox.configure(line_error_rate=0.3, line_error_codes=["server_error"])
-    submit(20, prefix="done")
+    fail_some(sandbox, submit(20, prefix="done"), 0.3, ["server_error"])
     lifecycle.run_cycle(timezone.now())
     finished = BatchJob.objects.get()
     assert finished.status == B.COMPLETED and finished.failed_count > 0, (finished.status, finished.failed_count)
