@@ -64,7 +64,7 @@ def channel_layer():
 
 
 class BadSubscription(ValueError):
-    pass
+    """A subscribe message or query that names no valid topic; the text says which field and why."""
 
 
 def parse_topic(what, key=None):

@@ -555,11 +555,9 @@ async def hang_up(iterator):
 
 
 def test_sse_streams_subscriptions_and_pushes_changes(layer, staff, running_job):
-    from django.urls import path
-
     async def scenario():
         client = AsyncClient()
-        response = await client.get(f"/live-test/?subscribe=summary,job:{running_job.pk}&frequency=realtime&token={staff[1]}")
+        response = await client.get(f"/api/admin/live?subscribe=summary,job:{running_job.pk}&frequency=realtime&token={staff[1]}")
         assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
         first, iterator = await _events(response, 2)
         assert {e["subscription"] for e in first} == {"summary", f"job:{running_job.pk}"}
@@ -569,38 +567,27 @@ def test_sse_streams_subscriptions_and_pushes_changes(layer, staff, running_job)
         assert next(e for e in pushed if e["subscription"].startswith("job:"))["data"]["status"] == "finalizing"
         await iterator.aclose()
 
-        assert (await client.get("/live-test/?subscribe=summary")).status_code == 401
-        assert (await client.get(f"/live-test/?subscribe=everything&token={staff[1]}")).status_code == 400
+        assert (await client.get("/api/admin/live?subscribe=summary")).status_code == 401
+        assert (await client.get(f"/api/admin/live?subscribe=everything&token={staff[1]}")).status_code == 400
 
-    from batchmon import sse
-
-    urlconf = type("urls", (), {"urlpatterns": [path("live-test/", sse.live_events)]})
-    from django.test import override_settings
-
-    with override_settings(ROOT_URLCONF=urlconf):
-        run(scenario)
+    run(scenario)
 
 
 def test_sse_streams_count_against_the_same_caps(layer, staff, settings):
-    from django.test import override_settings
-    from django.urls import path
-
-    from batchmon import sse
-
     settings.LIVE_MAX_CONNECTIONS_PER_USER = 1
     settings.LIVE_MAX_SUBSCRIPTIONS_PER_USER = 2
 
     async def scenario():
         client = AsyncClient()
-        too_many = await client.get(f"/live-test/?subscribe=summary,alerts,metric:s1&token={staff[1]}")
+        too_many = await client.get(f"/api/admin/live?subscribe=summary,alerts,metric:s1&token={staff[1]}")
         assert too_many.status_code == 400  # more than the cap in one request: refused before anything is held
-        stream = await client.get(f"/live-test/?subscribe=summary,alerts&frequency=realtime&token={staff[1]}")
+        stream = await client.get(f"/api/admin/live?subscribe=summary,alerts&frequency=realtime&token={staff[1]}")
         assert stream.status_code == 200
         _, iterator = await _events(stream, 2)
         refused = ws(staff[1])
         await refused.connect()
         assert (await refused.receive_json_from(timeout=2))["code"] == "too_many_connections"
-        second = await client.get(f"/live-test/?subscribe=summary&token={staff[1]}")
+        second = await client.get(f"/api/admin/live?subscribe=summary&token={staff[1]}")
         assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_connections"
         await hang_up(iterator)  # the stream ends: its connection and subscriptions are free again
         comm = await connected(staff[1])
@@ -610,9 +597,7 @@ def test_sse_streams_count_against_the_same_caps(layer, staff, settings):
             await comm.receive_json_from(timeout=2)
         await comm.disconnect()
 
-    urlconf = type("urls", (), {"urlpatterns": [path("live-test/", sse.live_events)]})
-    with override_settings(ROOT_URLCONF=urlconf):
-        run(scenario)
+    run(scenario)
 
 
 def test_an_unreachable_redis_lets_connections_in_and_says_so(caplog):
@@ -706,43 +691,32 @@ def test_an_sse_client_gone_before_the_stream_started_gives_its_share_back(layer
 
 
 def test_an_sse_request_over_the_cap_is_audited_as_denied(layer, staff, settings):
-    from django.test import override_settings
-    from django.urls import path
-
-    from batchmon import sse
     from batchmon.models import AuditEvent
 
     settings.LIVE_MAX_CONNECTIONS_PER_USER = 1
 
     async def scenario():
         client = AsyncClient()
-        first = await client.get(f"/live-test/?subscribe=summary&token={staff[1]}")
+        first = await client.get(f"/api/admin/live?subscribe=summary&token={staff[1]}")
         _, iterator = await _events(first, 1)
-        refused = await client.get(f"/live-test/?subscribe=summary&token={staff[1]}")
+        refused = await client.get(f"/api/admin/live?subscribe=summary&token={staff[1]}")
         assert refused.status_code == 429
         await hang_up(iterator)
 
-    urlconf = type("urls", (), {"urlpatterns": [path("live-test/", sse.live_events)]})
-    with override_settings(ROOT_URLCONF=urlconf):
-        run(scenario)
+    run(scenario)
     rows = list(AuditEvent.objects.filter(action=AuditEvent.Action.BATCH_MONITORING_ACCESS).order_by("id").values_list("outcome", "details__status"))
     assert rows == [(AuditEvent.Outcome.SUCCESS, 200), (AuditEvent.Outcome.DENIED, 429)]
 
 
 def test_an_idle_sse_stream_keeps_its_share_fresh(layer, staff, settings, redis_presence):
     """Nothing to push for a while: the stream still refreshes its entries every heartbeat."""
-    from django.test import override_settings
-    from django.urls import path
-
-    from batchmon import sse
-
     url, client = redis_presence
     settings.LIVE_HEARTBEAT_SECONDS = 0.1
     key = f"batchmon:live:{staff[0].pk}:conn"
 
     async def scenario():
         http = AsyncClient()
-        response = await http.get(f"/live-test/?subscribe=summary&frequency=low&token={staff[1]}")
+        response = await http.get(f"/api/admin/live?subscribe=summary&frequency=low&token={staff[1]}")
         _, iterator = await _events(response, 1)  # the first state; then nothing changes
         reading = asyncio.ensure_future(iterator.__anext__())  # the server keeps reading the stream
         (_, first), = await database_sync_to_async(client.zrange)(key, 0, -1, withscores=True)
@@ -753,6 +727,4 @@ def test_an_idle_sse_stream_keeps_its_share_fresh(layer, staff, settings, redis_
         with pytest.raises(asyncio.CancelledError):
             await reading
 
-    urlconf = type("urls", (), {"urlpatterns": [path("live-test/", sse.live_events)]})
-    with override_settings(ROOT_URLCONF=urlconf):
-        run(scenario)
+    run(scenario)
